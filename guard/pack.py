@@ -1,0 +1,148 @@
+"""Axis pack: the canonical axes reconstructed in one deployed model's native hidden space.
+
+This is what the runtime monitor loads. Score definition (the same on every model, so that a
+policy threshold means the same thing everywhere): for a hidden state h at the pack's layer,
+
+    z_k(h) = (cos(h - anchor_mean, vectors[k]) - score_offset[k]) / score_scale[k]
+
+where ``score_offset``/``score_scale`` are the mean/std of that cosine over the target model's own
+anchor prompts. So z = 0 is "like an average anchor prompt" and z = 2 is two anchor standard
+deviations towards the axis' positive side. See ``guard.scoring``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guard import __version__
+from guard.axes import AxisSpec
+from guard.errors import MismatchError
+from guard.tensor_folder import read_folder, write_folder
+
+KIND = "axis_pack"
+
+
+@dataclass(frozen=True)
+class TargetModel:
+    """The model a pack was built for; checked against the served model before serving."""
+
+    name: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    layer: int
+    chat_template: bool = True
+    fingerprint: str = ""
+
+
+@dataclass
+class AxisPack:
+    """Native-space axes ``vectors`` [K, d] (unit rows) for ``model`` at ``model.layer``.
+
+    ``pos_mean_z``/``neg_mean_z`` [K] are label-free priors carried from the source models (mean
+    z-score of positives/negatives there): a default threshold sits between them, and ``clamp``
+    steering pulls a triggered request to ``neg_mean_z`` (the safe side).
+    """
+
+    model: TargetModel
+    axes: list[AxisSpec]
+    vectors: np.ndarray
+    anchor_mean: np.ndarray
+    score_offset: np.ndarray
+    score_scale: np.ndarray
+    pos_mean_z: np.ndarray
+    neg_mean_z: np.ndarray
+    method: str
+    anchors_sha256: str
+    bundle_sha256: str = ""
+    sources: list[str] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [a.name for a in self.axes]
+
+    @property
+    def layer(self) -> int:
+        return self.model.layer
+
+    def axis_index(self, name: str) -> int:
+        try:
+            return self.axis_names.index(name)
+        except ValueError:
+            raise MismatchError(
+                f"axis {name!r} is not in this pack", f"the pack's axes are: {', '.join(self.axis_names)}"
+            ) from None
+
+    def check_model(self, hidden_size: int, num_layers: int, architecture: str | None = None) -> None:
+        """Refuse a model this pack was not built for (before serving, not at the first request)."""
+        if hidden_size != self.model.hidden_size:
+            raise MismatchError(
+                f"pack was built for {self.model.name} (hidden size {self.model.hidden_size}), "
+                f"but the model has hidden size {hidden_size}",
+                "build a pack for this model: `axisguard adapt BUNDLE --target MODEL --out PACK`",
+            )
+        if num_layers != self.model.num_layers:
+            raise MismatchError(
+                f"pack was built for {self.model.name} ({self.model.num_layers} layers), "
+                f"but the model has {num_layers} layers",
+                "build a pack for this model: `axisguard adapt BUNDLE --target MODEL --out PACK`",
+            )
+        if architecture and self.model.architecture and architecture != self.model.architecture:
+            raise MismatchError(
+                f"pack was built for a {self.model.architecture} model, but the model is a {architecture}",
+                "build a pack for this model: `axisguard adapt BUNDLE --target MODEL --out PACK`",
+            )
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {
+            "vectors": self.vectors,
+            "anchor_mean": self.anchor_mean,
+            "score_offset": self.score_offset,
+            "score_scale": self.score_scale,
+            "pos_mean_z": self.pos_mean_z,
+            "neg_mean_z": self.neg_mean_z,
+        }
+        meta = {
+            "version": self.version,
+            "model": asdict(self.model),
+            "axes": [a.to_json() for a in self.axes],
+            "method": self.method,
+            "anchors_sha256": self.anchors_sha256,
+            "bundle_sha256": self.bundle_sha256,
+            "sources": self.sources,
+            "diagnostics": self.diagnostics,
+            "score_definition": "z = (cos(h - anchor_mean, v) - score_offset) / score_scale",
+        }
+        return write_folder(path, KIND, meta, {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> AxisPack:
+        meta, t = read_folder(path, KIND)
+        pack = cls(
+            model=TargetModel(**meta["model"]),
+            axes=[AxisSpec.from_json(a) for a in meta["axes"]],
+            vectors=t["vectors"],
+            anchor_mean=t["anchor_mean"],
+            score_offset=t["score_offset"],
+            score_scale=t["score_scale"],
+            pos_mean_z=t["pos_mean_z"],
+            neg_mean_z=t["neg_mean_z"],
+            method=meta["method"],
+            anchors_sha256=meta["anchors_sha256"],
+            bundle_sha256=meta.get("bundle_sha256", ""),
+            sources=meta.get("sources", []),
+            diagnostics=meta.get("diagnostics", {}),
+            version=meta["version"],
+        )
+        k, d = pack.vectors.shape
+        if pack.anchor_mean.shape != (d,) or any(
+            getattr(pack, n).shape != (k,) for n in ("score_offset", "score_scale", "pos_mean_z", "neg_mean_z")
+        ) or len(pack.axes) != k:
+            raise MismatchError(f"{path}: inconsistent tensor shapes in axis pack", "re-create it with `axisguard adapt`")
+        return pack

@@ -1,0 +1,102 @@
+"""Artifact folders: ``manifest.json`` + ``tensors.safetensors``, with content hashes checked on load.
+
+Everything axisguard writes and reads back is data: JSON and safetensors, never pickles. The
+manifest records the sha256 of the tensor file and of its own canonical JSON body, so an edit to
+either is detected on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from guard.errors import AxisguardError, IntegrityError
+
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def write_folder(path: str | Path, kind: str, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
+    """Write an artifact folder atomically (temp dir + rename); returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(arrays, str(tmp / TENSORS))
+        body = {"kind": kind, **meta}
+        manifest = {
+            **body,
+            "tensors_sha256": sha256_file(tmp / TENSORS),
+            "tensor_shapes": {k: list(v.shape) for k, v in arrays.items()},
+        }
+        manifest["manifest_sha256"] = sha256_bytes(_canonical_json(manifest))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_folder(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and verify an artifact folder; raises a user-facing error on any mismatch."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise AxisguardError(
+            f"{path} is not an axisguard {kind}: {MANIFEST} is missing",
+            f"pass the folder written by `axisguard {'calibrate' if kind == 'canonical_bundle' else 'adapt'}`",
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{manifest_path}: not valid JSON ({exc})", "re-create the artifact") from exc
+    if manifest.get("kind") != kind:
+        raise AxisguardError(
+            f"{path} holds a {manifest.get('kind')!r}, expected a {kind!r}",
+            "canonical bundles come from `axisguard calibrate`, axis packs from `axisguard adapt`",
+        )
+    recorded = manifest.pop("manifest_sha256", None)
+    if recorded != sha256_bytes(_canonical_json(manifest)):
+        raise IntegrityError(
+            f"{manifest_path} was modified after it was written (manifest hash mismatch)",
+            "re-create the artifact instead of editing it by hand",
+        )
+    tensor_path = path / TENSORS
+    if not tensor_path.is_file() or sha256_file(tensor_path) != manifest["tensors_sha256"]:
+        raise IntegrityError(
+            f"{tensor_path} does not match the hash recorded in {MANIFEST} (corrupted or tampered)",
+            "re-create the artifact",
+        )
+    tensors = load_file(str(tensor_path))
+    for name, shape in manifest.get("tensor_shapes", {}).items():
+        if name not in tensors or list(tensors[name].shape) != shape:
+            raise IntegrityError(f"{tensor_path}: tensor {name!r} missing or of the wrong shape")
+    return manifest, tensors

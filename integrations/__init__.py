@@ -1,0 +1,1 @@
+"""Engine adapters (transformers, vLLM) and the model zoo; they import guard, never the reverse."""

@@ -1,0 +1,1 @@
+"""Behaviour catalogue, anchor pool, native directions, layer choice and probe training."""
