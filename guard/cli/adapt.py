@@ -1,0 +1,54 @@
+"""`axisguard adapt`: reconstruct a bundle's axes for a target model from its anchors alone."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from guard.cli.options import batch_option, data_option, engine_option, template_option
+
+
+@click.command("adapt")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--target", required=True, help="Target model (zoo name or HF folder).")
+@data_option
+@click.option("--method", type=click.Choice(["ridge", "adjoint"]), default="ridge", show_default=True)
+@click.option("--layer", type=int, default=None, help="Layer to read (default: chosen from anchors by CKA).")
+@engine_option
+@template_option
+@batch_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Axis pack folder to write.")
+def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, batch_size, out) -> None:
+    """Build an axis pack for TARGET: anchors only, no labels, no fine-tuning."""
+    from guard.bundle import CanonicalBundle
+    from guard.errors import MismatchError
+    from guard.pack import TargetModel
+    from guard.tensor_folder import MANIFEST
+    from integrations.activation_collection import collect_activations
+    from probes.calibration import adapt_pack
+    from probes.catalogue import load_catalogue
+
+    console = Console(stderr=True)
+    bundle = CanonicalBundle.load(bundle_dir)
+    catalogue = load_catalogue(data_dir, bundle.axis_names)
+    if catalogue.anchors_sha256 != bundle.anchors_sha256:
+        raise MismatchError(
+            f"the anchors in {catalogue.root} (sha256 {catalogue.anchors_sha256[:12]}…) are not the bundle's "
+            f"anchor pool (sha256 {bundle.anchors_sha256[:12]}…)",
+            "pass the same --data directory the bundle was calibrated with",
+        )
+    import json
+    from pathlib import Path
+
+    bundle_sha = json.loads((Path(bundle_dir) / MANIFEST).read_text())["manifest_sha256"]
+    acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None, anchors_only=True, engine=engine,
+                               use_chat_template=chat_template, batch_size=batch_size)
+    info = acts.info
+    pack = adapt_pack(bundle, acts.anchors, TargetModel(info.name, info.architecture, info.hidden_size, info.num_layers,
+                                                         acts.layers[0], info.chat_template, info.fingerprint),
+                      method=method, layer=layer, bundle_sha256=bundle_sha)
+    path = pack.save(out)
+    console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at layer {pack.layer} ({method}); "
+                  f"{pack.diagnostics['layer_choice']['reason']}")
+    for name, fid in pack.diagnostics["fidelity_back_projection"].items():
+        console.print(f"  {name:<20} back-projection fidelity {fid:.3f}")

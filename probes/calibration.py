@@ -1,0 +1,160 @@
+"""Calibration (sources -> canonical bundle) and adaptation (bundle + target anchors -> axis pack).
+
+Pure numpy on ``ModelActivations``; the CLI fills those through an engine. ``adapt`` reads only
+the target's anchor activations: no labels, no axis data of the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from guard.anchor_space import AnchorSpace
+from guard.axes import AxisSpec
+from guard.bundle import CanonicalBundle, SourceModel
+from guard.canonical import canonical_axes
+from guard.errors import AxisguardError, MismatchError
+from guard.pack import AxisPack, TargetModel
+from guard.reconstruction import reconstruct
+from guard.scoring import anchor_score_stats, z_scores
+from probes.acs_probe import fit_binary, fit_multiclass
+from probes.activations import ModelActivations
+from probes.directions import native_directions
+from probes.layer_choice import choose_source_layers, choose_target_layer
+
+
+def _z(acts: np.ndarray, anchors: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    offset, scale = anchor_score_stats(anchors, vectors)
+    return z_scores(acts.astype(np.float64), anchors.mean(axis=0), vectors, offset, scale)
+
+
+def build_bundle(
+    sources: list[ModelActivations],
+    axes: list[AxisSpec],
+    anchors_sha256: str,
+    layers: dict[str, int] | None = None,
+    method: str = "ridge",
+) -> CanonicalBundle:
+    """Canonical axes, ACS probes and label-free priors from two or more source models."""
+    names = [a.name for a in axes]
+    if len(sources) < 1:
+        raise AxisguardError("calibration needs at least one source model", "pass --source twice or more")
+    counts = {s.info.name: next(iter(s.anchors.values())).shape[0] for s in sources}
+    if len(set(counts.values())) != 1:
+        raise MismatchError(f"sources ran different numbers of anchors: {counts}", "extract all sources on one anchor pool")
+    choice = choose_source_layers(sources, names) if layers is None else None
+    chosen = layers if layers is not None else choice.layers
+    projected, coords, labels, kernels, pos_z, neg_z, self_fidelity = [], [], [], [], [], [], []
+    for source in sources:
+        layer = chosen[source.info.name]
+        anchors = source.anchors[layer]
+        space = AnchorSpace().fit(anchors)
+        dirs = native_directions({a: source.pos[a][layer] for a in names}, {a: source.neg[a][layer] for a in names}, names)
+        projected.append(space.project_direction(dirs))
+        kernels.append(space.gram())
+        probe_space = AnchorSpace(standardise=True).fit(anchors)
+        for k, a in enumerate(names):
+            coords.append(probe_space.transform(source.pos[a][layer]))
+            labels.append(np.full(len(source.pos[a][layer]), k))
+            coords.append(probe_space.transform(source.neg[a][layer]))
+            labels.append(np.full(len(source.neg[a][layer]), -1 - k))
+    canon = canonical_axes(projected)
+    # Priors in z units, measured the way a target will score: each source reconstructs the
+    # canonical axes from its own anchors, then scores its own calibration prompts.
+    for source in sources:
+        layer = chosen[source.info.name]
+        anchors = source.anchors[layer]
+        rec = reconstruct(AnchorSpace().fit(anchors), canon.axes, method)
+        dirs = native_directions({a: source.pos[a][layer] for a in names}, {a: source.neg[a][layer] for a in names}, names)
+        self_fidelity.append(np.sum(rec.vectors * dirs, axis=1))
+        pos_z.append([_z(source.pos[a][layer], anchors, rec.vectors)[:, k].mean() for k, a in enumerate(names)])
+        neg_z.append([_z(source.neg[a][layer], anchors, rec.vectors)[:, k].mean() for k, a in enumerate(names)])
+    x = np.concatenate(coords)
+    y = np.concatenate(labels)
+    binary = [fit_binary(x[(y == k) | (y == -1 - k)], (y[(y == k) | (y == -1 - k)] == k).astype(int)) for k in range(len(names))]
+    multi = fit_multiclass(x[y >= 0], y[y >= 0]) if len(names) > 1 else None
+    diagnostics = {
+        "source_agreement": dict(zip(names, map(float, canon.agreement), strict=True)),
+        "source_self_fidelity": dict(zip(names, map(float, np.mean(self_fidelity, axis=0)), strict=True)),
+        "layer_choice": {"layers": chosen, "reason": choice.reason if choice else "given", "table": choice.table if choice else {}},
+        "reconstruction_method_for_priors": method,
+    }
+    return CanonicalBundle(
+        axes=axes,
+        acs_axes=canon.axes,
+        anchors_sha256=anchors_sha256,
+        anchor_count=int(next(iter(counts.values()))),
+        sources=[
+            SourceModel(s.info.name, s.info.architecture, s.info.hidden_size, s.info.num_layers, chosen[s.info.name],
+                        s.info.chat_template, s.info.fingerprint)
+            for s in sources
+        ],
+        probe_coef=np.concatenate([p.coef for p in binary]),
+        probe_intercept=np.concatenate([p.intercept for p in binary]),
+        multiclass_coef=multi.coef if multi else None,
+        multiclass_intercept=multi.intercept if multi else None,
+        anchor_kernels=np.stack(kernels),
+        pos_mean_z=np.mean(pos_z, axis=0),
+        neg_mean_z=np.mean(neg_z, axis=0),
+        diagnostics=diagnostics,
+    )
+
+
+def choose_layer(bundle: CanonicalBundle, target_anchors: dict[int, np.ndarray]) -> tuple[int, dict]:
+    if bundle.anchor_kernels is None:
+        layers = sorted(target_anchors)
+        return layers[len(layers) // 2], {"reason": "bundle has no anchor kernels: middle candidate layer"}
+    choice = choose_target_layer(target_anchors, bundle.anchor_kernels)
+    return choice.layers["target"], {"reason": choice.reason, "table": choice.table}
+
+
+def adapt_pack(
+    bundle: CanonicalBundle,
+    target_anchors: dict[int, np.ndarray],
+    info: TargetModel | None = None,
+    method: str = "ridge",
+    layer: int | None = None,
+    bundle_sha256: str = "",
+    anchors_sha256: str | None = None,
+) -> AxisPack:
+    """Reconstruct the bundle's axes for a target from its anchor activations (per candidate layer)."""
+    if anchors_sha256 is not None and anchors_sha256 != bundle.anchors_sha256:
+        raise MismatchError(
+            "the target's anchors differ from the bundle's anchor pool (sha256 mismatch)",
+            "extract the target on the same anchors the bundle was calibrated with (same --data directory)",
+        )
+    n = next(iter(target_anchors.values())).shape[0]
+    if n != bundle.anchor_count:
+        raise MismatchError(f"the target ran {n} anchors, the bundle expects {bundle.anchor_count}", "use the bundle's anchor pool")
+    if layer is None:
+        layer, why = choose_layer(bundle, target_anchors)
+    else:
+        if layer not in target_anchors:
+            raise AxisguardError(f"no anchor activations at layer {layer}", f"available: {sorted(target_anchors)}")
+        why = {"reason": "given"}
+    anchors = target_anchors[layer]
+    rec = reconstruct(AnchorSpace().fit(anchors), bundle.acs_axes, method)
+    offset, scale = anchor_score_stats(anchors, rec.vectors)
+    model = info or TargetModel("unknown", "", anchors.shape[1], 0, layer)
+    model = TargetModel(model.name, model.architecture, model.hidden_size, model.num_layers, layer,
+                        model.chat_template, model.fingerprint)
+    names = bundle.axis_names
+    return AxisPack(
+        model=model,
+        axes=bundle.axes,
+        vectors=rec.vectors.astype(np.float32),
+        anchor_mean=anchors.mean(axis=0).astype(np.float32),
+        score_offset=offset.astype(np.float32),
+        score_scale=scale.astype(np.float32),
+        pos_mean_z=np.asarray(bundle.pos_mean_z if bundle.pos_mean_z is not None else np.ones(len(names)), np.float32),
+        neg_mean_z=np.asarray(bundle.neg_mean_z if bundle.neg_mean_z is not None else -np.ones(len(names)), np.float32),
+        method=method,
+        anchors_sha256=bundle.anchors_sha256,
+        bundle_sha256=bundle_sha256,
+        sources=[s.name for s in bundle.sources],
+        diagnostics={
+            "layer_choice": {"layer": layer, **why},
+            "fidelity_back_projection": dict(zip(names, map(float, rec.fidelity), strict=True)),
+            "ridge_lambda": dict(zip(names, map(float, rec.lam), strict=True)),
+            "source_agreement": bundle.diagnostics.get("source_agreement", {}),
+        },
+    )

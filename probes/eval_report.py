@@ -1,0 +1,118 @@
+"""Writes an evaluation's results.json, results.md and plots (ROC per axis, ACS cosine heatmap)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from guard.anchor_space import AnchorSpace
+from probes.activations import ModelActivations
+from probes.directions import native_directions
+
+MAIN_METHODS = ("acs_probe", "reconstructed_axis", "reconstructed_axis_adjoint", "native_axis", "random_axis")
+
+
+def markdown_table(results: dict) -> str:
+    axes = results["axes"]
+    lines = ["| target | method | layer | 10-way acc | mean AUROC | " + " | ".join(axes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(axes)]
+    for row in results["results"]:
+        cells = " | ".join(f"{row['auroc'][a]:.3f}" for a in axes)
+        lines.append(f"| {row['target']} | {row['method']} | {row['layer']} | {row['multiclass_accuracy']:.3f} | "
+                     f"{row['mean_auroc']:.3f} | {cells} |")
+    summary = ["", "| method | mean 10-way acc | mean AUROC (over targets) |", "|---|---|---|"]
+    methods = list(dict.fromkeys(r["method"] for r in results["results"]))
+    for m in methods:
+        rows = [r for r in results["results"] if r["method"] == m]
+        summary.append(f"| {m} | {np.mean([r['multiclass_accuracy'] for r in rows]):.3f} | "
+                       f"{np.mean([r['mean_auroc'] for r in rows]):.3f} |")
+    return "\n".join(lines + summary) + "\n"
+
+
+def summary_by_method(results: dict) -> dict[str, dict[str, float]]:
+    out = {}
+    for m in dict.fromkeys(r["method"] for r in results["results"]):
+        rows = [r for r in results["results"] if r["method"] == m]
+        out[m] = {"multiclass_accuracy": float(np.mean([r["multiclass_accuracy"] for r in rows])),
+                  "mean_auroc": float(np.mean([r["mean_auroc"] for r in rows]))}
+    return out
+
+
+def _plot_roc(detail: dict, axes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    scored = detail["scores"]["reconstructed_axis"]
+    cols = 5
+    rows = int(np.ceil(len(axes) / cols))
+    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for k, axis in enumerate(axes):
+        ax = grid[k // cols][k % cols]
+        for method, style in (("reconstructed_axis", "-"), ("native_axis", "--"), ("random_axis", ":")):
+            s = detail["scores"][method]
+            y = np.r_[np.ones(len(s.pos[axis])), np.zeros(len(s.neg[axis]))]
+            fpr, tpr, _ = roc_curve(y, np.r_[s.pos[axis][:, k], s.neg[axis][:, k]])
+            ax.plot(fpr, tpr, style, label=method.replace("_axis", ""))
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+        ax.set_title(axis, fontsize=9)
+        ax.tick_params(labelsize=7)
+    del scored
+    for k in range(len(axes), rows * cols):
+        grid[k // cols][k % cols].axis("off")
+    grid[0][0].legend(fontsize=7)
+    fig.suptitle(f"ROC on held-out target {detail['target']} (layer {detail['layer']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_heatmap(models: list[ModelActivations], layers: dict[str, int], axes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks, labels = [], []
+    for m in models:
+        layer = layers[m.info.name]
+        dirs = native_directions({a: m.pos[a][layer] for a in axes}, {a: m.neg[a][layer] for a in axes}, axes)
+        blocks.append(AnchorSpace().fit(m.anchors[layer]).project_direction(dirs))
+        labels += [f"{m.info.name}:{a}" for a in axes]
+    stack = np.concatenate(blocks)
+    cos = stack @ stack.T
+    size = max(6, 0.28 * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    fig.colorbar(im, ax=ax, shrink=0.7, label="cosine in ACS")
+    ax.set_title("Native axes of every model, projected to anchor space")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, results: dict, details: list[dict], models: list[ModelActivations]) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {**results, "summary": summary_by_method(results)}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = ["# Leave-one-family-out evaluation", "",
+          "Each model in turn is the target; the others are the sources. Only `native_axis` uses the target's labels "
+          "(ceiling, reference only); every other method sees the target's anchors and the unlabeled prompts it scores.",
+          "", f"Layers (target, chosen from anchors by CKA): {results['layers']}", "", markdown_table(results)]
+    (out / "results.md").write_text("\n".join(md))
+    written = [out / "results.json", out / "results.md"]
+    for detail in details:
+        path = out / f"roc_{detail['target']}.png"
+        _plot_roc(detail, results["axes"], path)
+        written.append(path)
+    heat = out / "acs_axis_cosines.png"
+    _plot_heatmap(models, results["layers"], results["axes"], heat)
+    written.append(heat)
+    return written
