@@ -59,7 +59,8 @@ class AnchorSpace:
 
     def transform(self, hidden: np.ndarray) -> np.ndarray:
         """Points [n, d] -> ACS coordinates [n, N] (centred cosine to each anchor)."""
-        coords = unit_rows(np.asarray(hidden, dtype=np.float64) - self.mean_) @ self._basis().T
+        basis = self._basis()
+        coords = unit_rows(np.asarray(hidden, dtype=np.float64) - self.mean_) @ basis.T
         if self.standardise:
             coords = (coords - self.coord_mean_) / self.coord_std_
         return coords

@@ -171,13 +171,14 @@ def load_catalogue(data_dir: str | Path | None = None, axes: list[str] | None = 
 
 def _anchor_rows(catalogue: Catalogue) -> list[dict]:
     """The anchors as JSON lines, keeping ``id``/``genre`` (or any other field) from the source file
-    when it still holds exactly these anchors; otherwise numbered ``a000``, ``a001``, ..."""
+    when it still holds exactly these anchors; anchors without an id are numbered ``a000``, ``a001``, ..."""
+    rows: list[dict] = [{"text": text} for text in catalogue.anchors]
     source = catalogue.root / "anchors.jsonl"
     if source.is_file():
-        rows = [row for _, row in _read_jsonl(source)]
-        if [row.get("text") for row in rows] == catalogue.anchors:
-            return rows
-    return [{"id": f"a{i:03d}", "text": text} for i, text in enumerate(catalogue.anchors)]
+        source_rows = [row for _, row in _read_jsonl(source)]
+        if [row.get("text") for row in source_rows] == catalogue.anchors:
+            rows = source_rows
+    return [{"id": f"a{i:03d}", **row} for i, row in enumerate(rows)]
 
 
 def _pair_row(pair: ContrastPair) -> dict:
