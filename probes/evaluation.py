@@ -16,6 +16,7 @@ from guard.anchor_space import AnchorSpace, unit_rows
 from guard.axes import AxisSpec
 from guard.reconstruction import reconstruct
 from guard.scoring import anchor_score_stats, z_scores
+from probes.acs_probe import fit_binary, fit_multiclass
 from probes.activations import ModelActivations
 from probes.calibration import build_bundle, choose_layer
 from probes.directions import native_directions
@@ -79,6 +80,47 @@ def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]
     return auroc, correct / max(total, 1)
 
 
+# Stronger regularisation than the paper's default C=1: the 300 ACS coordinates are highly correlated.
+TRANSDUCTIVE_C = 0.05
+
+
+def _pool_standardised(space: AnchorSpace, pool: np.ndarray):
+    """ACS coordinates standardised by the statistics of an unlabeled prompt pool (label-free)."""
+    coords = space.transform(pool)
+    mu, sd = coords.mean(axis=0), np.maximum(coords.std(axis=0), 1e-9)
+    return lambda acts: (space.transform(acts) - mu) / sd
+
+
+def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str, int], target: ModelActivations,
+                        layer: int, axes: list[str]) -> tuple[dict[str, float], float]:
+    """The paper's ACS probe with each model's coordinates standardised over its own unlabeled prompts
+    (sources: calibration prompts; target: the test prompts being scored), which removes per-model
+    offsets and scales of the ACS coordinates. Uses no target label."""
+    xs, ys, sides = [], [], []
+    for s in sources:
+        sl = source_layers[s.info.name]
+        pool = np.concatenate([s.pos[a][sl] for a in axes] + [s.neg[a][sl] for a in axes])
+        std = _pool_standardised(AnchorSpace().fit(s.anchors[sl]), pool)
+        for k, a in enumerate(axes):
+            for side, acts in ((1, s.pos[a][sl]), (0, s.neg[a][sl])):
+                xs.append(std(acts))
+                ys.append(np.full(len(acts), k))
+                sides.append(np.full(len(acts), side))
+    x, y, side = np.concatenate(xs), np.concatenate(ys), np.concatenate(sides)
+    pool_t = np.concatenate([target.test_pos[a][layer] for a in axes] + [target.test_neg[a][layer] for a in axes])
+    std_t = _pool_standardised(AnchorSpace().fit(target.anchors[layer]), pool_t)
+    pos = {a: std_t(target.test_pos[a][layer]) for a in axes}
+    neg = {a: std_t(target.test_neg[a][layer]) for a in axes}
+    auroc = {}
+    for k, a in enumerate(axes):
+        probe = fit_binary(x[y == k], side[y == k], c=TRANSDUCTIVE_C)
+        dp, dn = probe.decision(pos[a])[:, 0], probe.decision(neg[a])[:, 0]
+        auroc[a] = float(roc_auc_score(np.r_[np.ones(len(dp)), np.zeros(len(dn))], np.r_[dp, dn]))
+    multi = fit_multiclass(x[side == 1], y[side == 1], c=TRANSDUCTIVE_C)
+    correct = sum(int(np.sum(multi.decision(pos[a]).argmax(axis=1) == k)) for k, a in enumerate(axes))
+    return auroc, correct / sum(len(pos[a]) for a in axes)
+
+
 def evaluate_target(
     target: ModelActivations, sources: list[ModelActivations], axes: list[AxisSpec], anchors_sha256: str, seed: int = 0
 ) -> tuple[list[dict], dict]:
@@ -110,6 +152,12 @@ def evaluate_target(
     auroc, acc = _probe_results(bundle, target, layer, names)
     rows.insert(0, {
         "target": target.info.name, "sources": src_names, "method": "acs_probe", "layer": layer,
+        "multiclass_accuracy": acc, "auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))),
+        "fidelity": rows[0]["fidelity"],
+    })
+    auroc, acc = _transductive_probe(sources, {s.name: s.layer for s in bundle.sources}, target, layer, names)
+    rows.insert(1, {
+        "target": target.info.name, "sources": src_names, "method": "acs_probe_transductive", "layer": layer,
         "multiclass_accuracy": acc, "auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))),
         "fidelity": rows[0]["fidelity"],
     })
