@@ -1,0 +1,484 @@
+"""The runtime facade that engine adapters (transformers, vLLM) call: ``Guard`` and ``RowMap``.
+
+An adapter installs a hook on each decoder layer in ``Guard.layers`` and, on every forward step,
+calls ``on_hidden(layer, hidden, rows)`` with that layer's residual stream ``[T, d]`` and a
+``RowMap`` telling which request each row belongs to. At ``score_layer`` the guard scores all rows
+(one matmul for all axes), updates per-request state (``guard.monitor``) and judges the policy's
+rules; at every hooked layer it returns a DELTA to add to the residual stream (non-zero only on rows
+of requests whose ``steer`` rule fired) or None. Scores are computed on the hidden state *before*
+steering at that layer. Steering at a layer below the score layer starts one step after firing
+(that layer has already run when the rule fires); at the score layer and above it starts in the
+firing step, from the triggering row: the last prompt token for ``prompt`` rules, the step's
+generated rows otherwise.
+
+``on_hidden`` never raises: an exception is caught, counted (``axisguard_errors_total{stage}``) and
+logged once per kind; the step's requests continue unguarded (``on_error: fail_open``) or are
+marked to stop (``fail_closed``; ``should_stop`` turns True).
+
+Host synchronisation: steering decisions stay on the device. What the host must learn (a ``stop``,
+the verdict's events, action counters) is read back when a rule fired. On CPU this check is free and
+done every step; on accelerators (``defer_events``, the default there) the flag is copied
+asynchronously and read on a later call, so the common "nothing fired" step never waits for the
+device, and ``should_stop`` may turn True one step late. Metrics are accumulated on the device and
+flushed in bulk every ``metrics_every`` steps or ``metrics_interval_s`` seconds.
+
+Rules whose axis is not in the pack are skipped with a warning (policy ``unknown_axes: skip``) or
+make the constructor raise (``unknown_axes: error``); other policy/pack conflicts always raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from guard.errors import AxisguardError
+from guard.metrics import GuardMetrics
+from guard.monitor import Monitor, RowMap, StepIndex
+from guard.pack import AxisPack
+from guard.policy import ACTIONS, Policy, ResolvedRule, check_against_pack, resolve_overrides
+from guard.steering import SteerOp, z_to_cosine
+
+__all__ = ["Guard", "RowMap", "Verdict"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Verdict:
+    """What the guard saw and did for one request (JSON-able via ``to_json``)."""
+
+    request_id: str
+    scores: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    fired: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    steered: bool = False
+    stopped: bool = False
+    errors: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    trajectory: dict[str, list[float | None]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "request_id": self.request_id, "scores": self.scores, "fired": self.fired, "actions": self.actions,
+            "steered": self.steered, "stopped": self.stopped, "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+        }
+        if self.trajectory is not None:
+            out["trajectory"] = self.trajectory
+        return out
+
+
+@dataclass
+class _Request:
+    slot: int
+    stopped: bool = False
+    error_stop: bool = False
+    steering: bool = False
+    errors: int = 0
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+class Guard:
+    """Scores, judges and steers requests for one model and one pack (see the module docstring)."""
+
+    def __init__(
+        self,
+        pack: AxisPack,
+        policy: Policy,
+        metrics: GuardMetrics | None = None,
+        model_name: str = "",
+        *,
+        trajectory_tokens: int = 0,
+        metrics_every: int = 32,
+        metrics_interval_s: float = 1.0,
+        defer_events: bool | None = None,
+    ) -> None:
+        check = check_against_pack(policy, pack)
+        if not check.ok:
+            raise AxisguardError(
+                f"policy {policy.name!r} cannot run on the pack for {pack.model.name}:\n"
+                + "\n".join(f"  - {e}" for e in check.errors),
+                "fix the policy, or check it with `axisguard policy check FILE --pack PACK`",
+            )
+        for warning in check.warnings:
+            log.warning("axisguard policy %r: %s", policy.name, warning)
+        self.pack = pack
+        self.policy = policy
+        self.policy_check = check
+        self.rules: list[ResolvedRule] = check.resolved
+        self.model_name = model_name or (metrics.model_name if metrics else "") or pack.model.name
+        self.metrics = metrics
+        self.monitor = Monitor(pack, policy, self.rules, trajectory_tokens=trajectory_tokens)
+        self.score_layer = pack.layer
+        self._steer_rules = [r for r in self.rules if r.steer_axis_index is not None]
+        self._steer_by_layer: dict[int, list[int]] = {}
+        for r in self._steer_rules:
+            for layer in r.steer_layers:
+                self._steer_by_layer.setdefault(layer, []).append(r.index)
+        self.layers: list[int] = sorted({self.score_layer, *self._steer_by_layer})
+        self._layer_set = set(self.layers)
+        self._first_steer_layer = {r.index: min(r.steer_layers) for r in self._steer_rules}
+        self._ops: dict[int, SteerOp] = {}
+        self._build_ops(torch.device("cpu"))
+        self._requests: dict[str, _Request] = {}
+        self._slot_owner: dict[int, str] = {}
+        self._lock = threading.RLock()
+        self._logged: set[tuple[str, str]] = set()
+        self._index_cache: tuple[Any, ...] | None = None
+        self._last_layer = math.inf
+        self._row_steer: torch.Tensor | None = None
+        self._defer_setting = defer_events
+        self._defer = bool(defer_events)
+        self._flag_host = torch.zeros(1, dtype=torch.bool)
+        self._flag_event: Any = None
+        self._flag_pending = False
+        self._steps = 0
+        self._metrics_every = max(1, metrics_every)
+        self._metrics_interval = metrics_interval_s
+        self._last_flush = time.monotonic()
+        self._steps_since_flush = 0
+        if metrics is not None:
+            metrics.set_pack(pack)
+            self.monitor.set_buckets(metrics.z_buckets)
+
+    # --- set-up ------------------------------------------------------------------------------------
+
+    def _build_ops(self, device: torch.device) -> None:
+        m = self.monitor
+        for r in self._steer_rules:
+            steer = r.rule.steer
+            k = r.steer_axis_index
+            target = None
+            if steer.method == "clamp":
+                target = float(z_to_cosine(r.clamp_target_z, m.offset[k].item(), m.scale[k].item()))
+            self._ops[r.index] = SteerOp(
+                method=steer.method, direction=m.vectors[k].to(device), strength=steer.strength,
+                relative=steer.relative, mean=m.anchor_mean.to(device), target_cos=target, side=steer.side,
+            )
+
+    def _move_to(self, device: torch.device) -> None:
+        self.monitor.to(device)
+        self._build_ops(device)
+        self._index_cache = None
+        self._defer = device.type != "cpu" if self._defer_setting is None else bool(self._defer_setting)
+        if device.type == "cuda":
+            self._flag_host = torch.zeros(1, dtype=torch.bool).pin_memory()
+
+    def _resolve_threshold(self, resolved: ResolvedRule, value: float | str) -> float:
+        if value == "auto":
+            k = resolved.axis_index
+            return float((self.pack.pos_mean_z[k] + self.pack.neg_mean_z[k]) / 2)
+        return float(value)
+
+    # --- request lifecycle -------------------------------------------------------------------------
+
+    def start_request(self, request_id: str, overrides: Mapping[str, Any] | None = None) -> None:
+        """Begin guarding a request; ``overrides`` are checked against the policy's allow-list
+        (``AxisguardError`` names the key, the bad value and the allowed keys). Call it before the
+        request's first step; ``on_hidden`` starts unknown ids itself, without overrides."""
+        resolved = resolve_overrides(self.policy, overrides)
+        with self._lock:
+            if request_id in self._requests:
+                self._drop(request_id)
+            slot = self.monitor.allocate(resolved, self._resolve_threshold)
+            self._requests[request_id] = _Request(slot)
+            self._slot_owner[slot] = request_id
+            if self.metrics is not None:
+                self.metrics.set_active(len(self._requests))
+
+    def finish_request(self, request_id: str) -> Verdict | None:
+        """Final verdict, then the request's state is dropped (None if the id is unknown)."""
+        with self._lock:
+            if request_id not in self._requests:
+                return None
+            try:
+                verdict = self._verdict(request_id)
+            except Exception as exc:  # never let bookkeeping break the engine
+                self._on_error("finish", exc, [request_id])
+                verdict = Verdict(request_id, errors=self._requests[request_id].errors)
+            self._drop(request_id)
+            if self.metrics is not None:
+                try:
+                    outcome = ("stopped" if verdict.stopped else "steered" if verdict.steered
+                               else "flagged" if "flag" in verdict.actions else "clean")
+                    self.metrics.inc_finished(outcome)
+                    self.metrics.set_active(len(self._requests))
+                except Exception as exc:
+                    self._on_error("metrics", exc, [])
+            return verdict
+
+    def _drop(self, request_id: str) -> None:
+        req = self._requests.pop(request_id)
+        self._slot_owner.pop(req.slot, None)
+        self.monitor.release(req.slot)
+
+    def active_requests(self) -> int:
+        return len(self._requests)
+
+    def should_stop(self, request_id: str) -> bool:
+        """True once a ``stop`` rule fired for the request (or a guard error under ``fail_closed``)."""
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None:
+                return False
+            if self._defer:
+                self._poll()
+            return req.stopped
+
+    def verdict(self, request_id: str) -> Verdict:
+        """The request's verdict so far (reads device state back: not for every step)."""
+        with self._lock:
+            if request_id not in self._requests:
+                raise KeyError(request_id)
+            return self._verdict(request_id)
+
+    # --- the per-step hook -------------------------------------------------------------------------
+
+    def on_hidden(self, layer: int, hidden: torch.Tensor, rows: RowMap) -> torch.Tensor | None:
+        """Score / steer one layer's residual stream ``[T, d]`` (or ``[B, t, d]``); returns a delta of
+        the same shape to ADD to it, or None. Never raises (see the module docstring)."""
+        if layer not in self._layer_set:
+            return None
+        started = time.perf_counter()
+        stage = "start"
+        with self._lock:
+            try:
+                if layer <= self._last_layer:  # layers come in increasing order within a step
+                    self._row_steer = None
+                self._last_layer = layer
+                if hidden.device != self.monitor.device:
+                    self._move_to(hidden.device)
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                ix = self._index(rows, flat.shape[0])
+                h32 = None
+                if layer == self.score_layer:
+                    stage = "score"
+                    if self._defer:
+                        self._poll()
+                    h32 = flat if flat.dtype == torch.float32 else flat.float()
+                    z = self.monitor.score(h32)
+                    stage = "policy"
+                    fired_now, self._row_steer = self.monitor.update(z, ix)
+                    self._after_step(fired_now)
+                stage = "steer"
+                delta = self._steer(layer, flat, h32, ix, rows)
+                return None if delta is None else delta.reshape(hidden.shape)
+            except Exception as exc:
+                self._on_error(stage, exc, getattr(rows, "request_ids", []))
+                return None
+            finally:
+                if layer == self.score_layer and self.metrics is not None:
+                    try:
+                        self.metrics.observe_step_seconds(time.perf_counter() - started)
+                    except Exception as exc:
+                        self._on_error("metrics", exc, [])
+
+    def _index(self, rows: RowMap, num_rows: int) -> StepIndex:
+        cache = self._index_cache
+        if cache is not None and cache[0] is rows and cache[1] == self.monitor.version and cache[2] == num_rows:
+            return cache[3]
+        slots = []
+        for request_id in rows.request_ids:
+            req = self._requests.get(request_id)
+            if req is None:
+                self.start_request(request_id)
+                req = self._requests[request_id]
+            slots.append(req.slot)
+        ix = self.monitor.index_rows(rows, slots, num_rows)
+        self._index_cache = (rows, self.monitor.version, num_rows, ix)
+        return ix
+
+    def _after_step(self, fired_now: torch.Tensor) -> None:
+        self._steps += 1
+        self._steps_since_flush += 1
+        if self.rules:
+            if self._defer:
+                st = self.monitor.state
+                pending = (st["fired"][: self.monitor.capacity] & ~st["reported"][: self.monitor.capacity]).any()
+                self._flag_host.copy_(pending.reshape(1), non_blocking=True)
+                if self.monitor.device.type == "cuda":
+                    self._flag_event = torch.cuda.Event()
+                    self._flag_event.record()
+                self._flag_pending = True
+            elif bool(fired_now.any()):
+                self._drain()
+        if self.metrics is not None and (
+            self._steps_since_flush >= self._metrics_every
+            or time.monotonic() - self._last_flush >= self._metrics_interval
+        ):
+            self.flush_metrics()
+
+    def _steer(self, layer: int, flat: torch.Tensor, h32: torch.Tensor | None, ix: StepIndex,
+               rows: RowMap) -> torch.Tensor | None:
+        rule_ids = self._steer_by_layer.get(layer)
+        if not rule_ids or not self._may_steer(rows, layer):
+            return None
+        if layer >= self.score_layer and self._row_steer is not None:
+            active = self._row_steer
+        else:
+            active = self.monitor.rows_to_steer(ix)
+        h = h32 if h32 is not None else flat.float()
+        strength = self.monitor.state["strength"][ix.row_slot]
+        delta = None
+        for r in rule_ids:
+            mask = active[:, r]
+            d = torch.where(mask.unsqueeze(1), self._ops[r].delta(h, strength[:, r]), 0.0)
+            delta = d if delta is None else delta + d
+            if layer == self._first_steer_layer[r]:
+                self.monitor.count_steered(r, mask)
+        return delta.to(flat.dtype)
+
+    def _may_steer(self, rows: RowMap, layer: int) -> bool:
+        """Host-side shortcut: skip steering work when no request of this step can be steered."""
+        if self._defer and (layer >= self.score_layer or self._flag_pending):
+            return True  # this step's (or an unread) firing is not known on the host yet
+        for request_id in rows.request_ids:
+            req = self._requests.get(request_id)
+            if req is not None and req.steering:
+                return True
+        return False
+
+    # --- host-side events --------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        """Deferred mode: act on the last copied 'something fired' flag once it has arrived."""
+        if not self._flag_pending:
+            return
+        if self._flag_event is not None and not self._flag_event.query():
+            return
+        self._flag_pending = False
+        if bool(self._flag_host[0]):
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read newly fired rules back to the host: stops, steering flags, action counters."""
+        st, cap = self.monitor.state, self.monitor.capacity
+        new = st["fired"][:cap] & ~st["reported"][:cap]
+        where = new.nonzero()
+        if where.numel() == 0:
+            return
+        slots, rules = where[:, 0], where[:, 1]
+        actions = st["action"][slots, rules]
+        st["reported"][slots, rules] = True
+        for slot, r, a in zip(slots.tolist(), rules.tolist(), actions.tolist(), strict=True):
+            request_id = self._slot_owner.get(slot)
+            if request_id is None:
+                continue
+            req = self._requests[request_id]
+            action = ACTIONS[a]
+            if action == "stop":
+                req.stopped = True
+            elif action == "steer":
+                req.steering = True
+            if self.metrics is not None:
+                self.metrics.inc_action(self.pack.axis_names[self.rules[r].axis_index], action)
+
+    def record_error(self, stage: str, exc: BaseException, request_ids: Any = ()) -> None:
+        """For adapters: count and handle an exception raised in their own glue code exactly like one
+        inside the guard (metrics by stage, logged once per kind, fail-open/closed per the policy)."""
+        with self._lock:
+            self._on_error(stage, exc, request_ids)
+
+    def _on_error(self, stage: str, exc: BaseException, request_ids: Any) -> None:
+        try:
+            if self.metrics is not None:
+                self.metrics.inc_error(stage)
+            kind = (stage, type(exc).__name__)
+            mode = self.policy.on_error
+            if kind not in self._logged:
+                self._logged.add(kind)
+                log.warning("axisguard: %s error in stage %r (%s); the step's requests %s; further %s errors "
+                            "in this stage are counted, not logged", type(exc).__name__, stage, exc,
+                            "will stop (fail_closed)" if mode == "fail_closed" else "continue unguarded",
+                            type(exc).__name__, exc_info=exc)
+            for request_id in list(request_ids):
+                req = self._requests.get(request_id)
+                if req is None:
+                    continue
+                req.errors += 1
+                if mode == "fail_closed":
+                    req.stopped = req.error_stop = True
+        except Exception:  # pragma: no cover - the error path itself must never raise
+            pass
+
+    # --- metrics ------------------------------------------------------------------------------------
+
+    def flush_metrics(self) -> None:
+        """Push the device-side accumulators to Prometheus (one device sync)."""
+        if self.metrics is None:
+            return
+        try:
+            m = self.monitor
+            acc = {name: value.tolist() for name, value in m.acc.items()}
+            m.reset_accumulators()
+            for i, axis in enumerate(m.axis_names):
+                if any(acc["buckets"][i]):
+                    self.metrics.observe_scores(axis, acc["buckets"][i], acc["sum"][i])
+            prompt_tokens, gen_tokens = acc["tokens"]
+            self.metrics.inc_tokens("prompt", prompt_tokens)
+            self.metrics.inc_tokens("generation", gen_tokens)
+            for r in self._steer_rules:
+                self.metrics.inc_steered_tokens(
+                    self.pack.axis_names[r.steer_axis_index], r.rule.steer.method, acc["steered"][r.index]
+                )
+            scored = prompt_tokens + gen_tokens
+            if scored:
+                self.metrics.set_drift(math.sqrt(acc["sq"] / (scored * m.num_axes)))
+        except Exception as exc:
+            self._on_error("metrics", exc, [])
+        finally:
+            self._last_flush = time.monotonic()
+            self._steps_since_flush = 0
+
+    # --- verdicts ------------------------------------------------------------------------------------
+
+    def _verdict(self, request_id: str) -> Verdict:
+        self._drain()
+        req = self._requests[request_id]
+        snap = self.monitor.snapshot(req.slot)
+        scores = {}
+        for i, axis in enumerate(self.monitor.axis_names):
+            scores[axis] = {
+                "prompt": _num(snap["prompt_z"][i]), "last": _num(snap["last_z"][i]), "ema": _num(snap["ema"][i]),
+                "max": _num(snap["max_z"][i]), "tokens_over": int(snap["over_axis"][i]),
+            }
+        fired = []
+        for r, resolved in enumerate(self.rules):
+            if not snap["fired"][r]:
+                continue
+            fired.append({
+                "rule": resolved.rule.name, "axis": self.pack.axis_names[resolved.axis_index],
+                "action": ACTIONS[snap["action"][r]], "score": _num(snap["fired_value"][r]),
+                "threshold": _num(snap["threshold"][r]),
+                "phase": "prompt" if resolved.rule.score == "prompt" else "generation",
+                "token_index": int(snap["fired_token"][r]),
+            })
+        fired.sort(key=lambda f: (f["phase"] != "prompt", f["token_index"]))
+        taken = {f["action"] for f in fired} - {"observe"}
+        if req.error_stop:
+            taken.add("stop")
+        trajectory = None
+        if self.monitor.trajectory_tokens:
+            n = min(int(snap["gen_count"]), self.monitor.trajectory_tokens)
+            trajectory = {axis: [_num(snap["traj"][t][i]) for t in range(n)]
+                          for i, axis in enumerate(self.monitor.axis_names)}
+        return Verdict(
+            request_id=request_id, scores=scores, fired=fired,
+            actions=[a for a in ACTIONS if a in taken],
+            steered=any(f["action"] == "steer" for f in fired),
+            stopped=req.stopped or any(f["action"] == "stop" for f in fired),
+            errors=req.errors, prompt_tokens=int(snap["prompt_tokens"]),
+            generated_tokens=int(snap["gen_count"]), trajectory=trajectory,
+        )
+

@@ -1,0 +1,175 @@
+"""Loading a model for activation work with transformers, and the prompt conventions around it.
+
+Prompt convention (shared with the vLLM side, so both engines read the same tokens): a prompt is
+either wrapped as a single user turn with the generation prompt (``format_prompt`` with
+``use_chat_template=True``, when the tokenizer has a template) and tokenised WITHOUT adding
+special tokens (the template writes its own), or used as raw text and tokenised WITH them (so
+models that need a BOS, like Gemma, get it). ``encode_prompts`` does exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from guard.errors import AxisguardError
+from integrations.model_zoo import ResolvedModel, resolve_model
+
+# Where the decoder blocks live, per family: Llama, Qwen2, Gemma3 (text), Mistral and Phi3 all use
+# ``model.model.layers``; multimodal wrappers nest the text model one level deeper.
+_LAYER_PATHS = ("model.layers", "model.language_model.layers")
+
+# Config keys that describe how a model was saved or loaded rather than what it computes.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
+_SAMPLES_PER_TENSOR = 256
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for hooks: eval mode, left-padding tokenizer with a pad token.
+
+    ``architecture`` is the HF ``model_type`` (``llama``, ``qwen2``, ``gemma3_text``, ...), the
+    name both engines agree on. ``fingerprint`` identifies weights + config + tokenizer (see
+    ``model_fingerprint``); the activation cache is keyed by it.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    path: Path | None
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    use_chat_template: bool
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks; a forward hook on block L sees (and may steer) "layer L"."""
+    for dotted in _LAYER_PATHS:
+        node: Any = model
+        for attr in dotted.split("."):
+            node = getattr(node, attr, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise AxisguardError(
+        f"cannot find the decoder blocks of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)})",
+        "supported families: Llama, Qwen2, Gemma3, Mistral, Phi3 (decoder blocks at model.model.layers)",
+    )
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding (so the last real token is at index -1) and a pad token (eos if none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise AxisguardError("the tokenizer has neither a pad nor an eos token", "add a pad token to it")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def uses_chat_template(tokenizer: Any, use_chat_template: bool) -> bool:
+    """Whether prompts will really be templated: asked for, and the tokenizer has a template."""
+    return bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer: Any, text: str, use_chat_template: bool) -> str:
+    """The exact string the model reads for ``text``: a single user turn + generation prompt when
+    asked and a template exists, else ``text`` unchanged."""
+    if not uses_chat_template(tokenizer, use_chat_template):
+        return text
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str], use_chat_template: bool) -> list[list[int]]:
+    """Token ids for raw prompts under the module's convention (template XOR special tokens)."""
+    templated = uses_chat_template(tokenizer, use_chat_template)
+    formatted = [format_prompt(tokenizer, t, use_chat_template) for t in texts]
+    return tokenizer(formatted, add_special_tokens=not templated, padding=False)["input_ids"]
+
+
+def _config_digest(config: Any) -> bytes:
+    body = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+    return json.dumps(body, sort_keys=True, default=str).encode()
+
+
+def model_fingerprint(model: nn.Module, tokenizer: Any) -> str:
+    """sha256 over the config, a strided sample of every weight tensor, and the tokenizer.
+
+    Cheap (a few hundred values per tensor, no full pass over the weights) yet it changes when
+    the weights are retrained or re-initialised, when the dtype changes, or when tokenisation
+    changes. It is the same for a model built in memory and the same model reloaded from disk.
+    """
+    digest = hashlib.sha256(_config_digest(model.config))
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+            sample = flat[::step][:_SAMPLES_PER_TENSOR].to(torch.float64).cpu().numpy()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(sample.tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any,
+    name: str,
+    path: Path | None = None,
+    use_chat_template: bool = True,
+) -> LoadedModel:
+    """Build a ``LoadedModel`` around objects already in memory (tiny test models, notebooks)."""
+    model.eval()
+    prepare_tokenizer(tokenizer)
+    config = model.config.get_text_config()
+    layers = decoder_layers(model)
+    if len(layers) != config.num_hidden_layers:
+        raise AxisguardError(
+            f"{name}: config says {config.num_hidden_layers} layers but the model has {len(layers)} blocks"
+        )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        path=Path(path) if path is not None else None,
+        architecture=str(config.model_type),
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        use_chat_template=uses_chat_template(tokenizer, use_chat_template),
+        fingerprint=model_fingerprint(model, tokenizer),
+    )
+
+
+def load_model(
+    spec: str | Path | ResolvedModel, dtype: torch.dtype = torch.float32, pull_missing: bool = True
+) -> LoadedModel:
+    """Load a zoo name, local folder or ``ResolvedModel`` (never the hub) for hooks and extraction."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, pull_missing=pull_missing)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AxisguardError(
+            f"could not load the model in {resolved.path}: {exc}",
+            "the folder must hold an HF causal LM (config.json, safetensors weights, tokenizer)",
+        ) from exc
+    return wrap_model(model, tokenizer, resolved.name, resolved.path, resolved.use_chat_template)

@@ -1,0 +1,149 @@
+"""How the vLLM plugin is configured: environment variables (or one config file), read in every process.
+
+vLLM starts several processes (API server, engine core, workers) and loads the plugin in each of
+them, so configuration travels by environment, which children inherit:
+
+* ``AXISGUARD_PACK``: the axis pack folder (required to guard);
+* ``AXISGUARD_POLICY``: a policy YAML/JSON (default: the catalogue's default policy);
+* ``AXISGUARD_CONFIG``: a YAML/JSON file with ``pack``/``policy`` keys, instead of the two above;
+* ``AXISGUARD_DISABLE=1``: kill switch, wins over everything (the plugin then does nothing at all);
+* ``AXISGUARD_VERDICT_HISTORY``: how many finished requests' verdicts the worker keeps (default 10000).
+
+``AXISGUARD_CAPTURE_LAYERS``/``AXISGUARD_CAPTURE_POOLING`` are set by the vLLM extraction path
+(``integrations.vllm.extraction``), not by operators: they make the hooks record pooled activations
+instead of guarding.
+
+No configuration (the normal case for a vLLM that merely has axisguard installed) means
+``GuardConfig.from_env()`` returns None and the plugin installs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from guard.errors import AxisguardError
+
+ENV_PACK = "AXISGUARD_PACK"
+ENV_POLICY = "AXISGUARD_POLICY"
+ENV_CONFIG = "AXISGUARD_CONFIG"
+ENV_DISABLE = "AXISGUARD_DISABLE"
+ENV_VERDICT_HISTORY = "AXISGUARD_VERDICT_HISTORY"
+ENV_CAPTURE_LAYERS = "AXISGUARD_CAPTURE_LAYERS"
+ENV_CAPTURE_POOLING = "AXISGUARD_CAPTURE_POOLING"
+
+_TRUE = {"1", "true", "yes", "on"}
+DEFAULT_VERDICT_HISTORY = 10_000
+
+Mode = Literal["guard", "capture"]
+Pooling = Literal["last", "mean"]
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What the plugin should do in this vLLM: guard with a pack (+ policy), or capture activations."""
+
+    mode: Mode
+    pack: Path | None = None
+    policy: Path | None = None
+    capture_layers: tuple[int, ...] = ()
+    capture_pooling: Pooling = "last"
+    verdict_history: int = DEFAULT_VERDICT_HISTORY
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GuardConfig | None:
+        """The configuration in ``environ`` (default ``os.environ``), or None when unconfigured/disabled."""
+        env = os.environ if environ is None else environ
+        if env.get(ENV_DISABLE, "").strip().lower() in _TRUE:
+            return None
+        history = _int_env(env, ENV_VERDICT_HISTORY, DEFAULT_VERDICT_HISTORY)
+        if env.get(ENV_CAPTURE_LAYERS, "").strip():
+            pooling = env.get(ENV_CAPTURE_POOLING, "last").strip() or "last"
+            if pooling not in ("last", "mean"):
+                raise AxisguardError(f"{ENV_CAPTURE_POOLING}={pooling!r} is not valid", "allowed: last, mean")
+            layers = tuple(int(x) for x in env[ENV_CAPTURE_LAYERS].split(",") if x.strip())
+            return cls(mode="capture", capture_layers=layers, capture_pooling=pooling, verdict_history=history)
+        pack, policy = env.get(ENV_PACK, "").strip(), env.get(ENV_POLICY, "").strip()
+        config_file = env.get(ENV_CONFIG, "").strip()
+        if config_file:
+            file_pack, file_policy = _read_config_file(Path(config_file))
+            pack, policy = pack or file_pack, policy or file_policy
+        if not pack:
+            if policy or config_file:
+                raise AxisguardError(
+                    "axisguard is configured without an axis pack",
+                    f"set {ENV_PACK}=PACK_FOLDER (written by `axisguard adapt`), or unset {ENV_POLICY}/{ENV_CONFIG}",
+                )
+            return None
+        return cls(
+            mode="guard",
+            pack=Path(pack).expanduser(),
+            policy=Path(policy).expanduser() if policy else None,
+            verdict_history=history,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that reproduce this configuration in child processes."""
+        if self.mode == "capture":
+            return {
+                ENV_CAPTURE_LAYERS: ",".join(str(layer) for layer in self.capture_layers),
+                ENV_CAPTURE_POOLING: self.capture_pooling,
+                ENV_VERDICT_HISTORY: str(self.verdict_history),
+            }
+        env = {ENV_PACK: str(self.pack), ENV_VERDICT_HISTORY: str(self.verdict_history)}
+        if self.policy is not None:
+            env[ENV_POLICY] = str(self.policy)
+        return env
+
+
+def is_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Cheap check used by the plugin entry point; a broken configuration counts as configured (it must fail loudly)."""
+    try:
+        return GuardConfig.from_env(environ) is not None
+    except AxisguardError:
+        return True
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AxisguardError(f"{name}={raw!r} is not an integer", f"set {name} to a positive integer") from None
+    if value < 1:
+        raise AxisguardError(f"{name}={raw!r} must be at least 1", f"set {name} to a positive integer")
+    return value
+
+
+def _read_config_file(path: Path) -> tuple[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AxisguardError(f"cannot read {ENV_CONFIG} file {path}: {exc.strerror}",
+                             "point it at a YAML or JSON file with 'pack' and optional 'policy'") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise AxisguardError(f"{path}: not valid YAML/JSON ({exc})", "fix the syntax") from None
+    if not isinstance(data, Mapping):
+        raise AxisguardError(f"{path}: expected a mapping with 'pack' and optional 'policy'", "see the README")
+    unknown = sorted(set(data) - {"pack", "policy"})
+    if unknown:
+        raise AxisguardError(f"{path}: unknown keys {', '.join(unknown)}", "allowed keys: pack, policy")
+    base = path.parent
+
+    def resolve(value: object) -> str:
+        if value in (None, ""):
+            return ""
+        p = Path(str(value)).expanduser()
+        return str(p if p.is_absolute() else base / p)
+
+    return resolve(data.get("pack")), resolve(data.get("policy"))

@@ -1,0 +1,78 @@
+"""Forward hooks on vLLM decoder layers: read the residual stream after a block, add a steering delta.
+
+Layer convention (the same as everywhere in axisguard): "layer L" is the residual stream after
+decoder block L, i.e. what a forward hook on ``model.model.layers[L]`` sees. vLLM's decoder layers
+return ``(hidden, residual)`` with the residual add fused into the next layer's norm, so the stream
+is ``hidden + residual``; a steering delta is added to ``hidden`` (the next fused add then carries it
+into the stream, and the final norm too for the last layer).
+
+Hooks only work in eager mode: a torch.compile'd / CUDA-graph'd forward skips Python hooks, which
+is why the plugin forces ``enforce_eager`` (see ``engine_settings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from guard.errors import AxisguardError
+
+# callback(layer, module_output) -> None; it may add a delta in place with ``add_to_stream``.
+LayerCallback = Callable[[int, Any], None]
+
+_LAYER_PATHS = ("model.layers", "language_model.model.layers", "model.language_model.layers", "transformer.h")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order (Llama/Qwen2/Gemma3/Mistral/Phi3 and multimodal wrappers)."""
+    for path in _LAYER_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise AxisguardError(
+        f"cannot find the decoder layers of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)})",
+        "axisguard supports decoder-only models whose blocks live at model.model.layers",
+    )
+
+
+def residual_stream(output: Any) -> torch.Tensor:
+    """The residual stream a decoder layer produced: ``hidden + residual`` for vLLM's fused layers."""
+    if isinstance(output, torch.Tensor):
+        return output
+    hidden, residual = output[0], output[1] if len(output) > 1 else None
+    if isinstance(residual, torch.Tensor) and residual.shape == hidden.shape:
+        return hidden + residual
+    return hidden
+
+
+def add_to_stream(output: Any, delta: torch.Tensor) -> None:
+    """Add ``delta`` [T, d] to the first T rows of the layer's stream, in place (rows past T are padding)."""
+    hidden = output if isinstance(output, torch.Tensor) else output[0]
+    rows = delta.shape[0]
+    hidden[:rows].add_(delta.to(dtype=hidden.dtype, device=hidden.device))
+
+
+def install_layer_hooks(model: nn.Module, layers: Sequence[int], callback: LayerCallback) -> list[RemovableHandle]:
+    """Register one forward hook per requested layer; returns handles (``.remove()`` to uninstall)."""
+    blocks = decoder_layers(model)
+    bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
+    if bad:
+        raise AxisguardError(
+            f"layer {bad[0]} is out of range for this model ({len(blocks)} decoder layers)",
+            "the pack or policy was built for a different model; rebuild it with `axisguard adapt`",
+        )
+    handles = []
+    for layer in sorted(set(layers)):
+        def hook(_module: nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
+            callback(layer, output)
+
+        handles.append(blocks[layer].register_forward_hook(hook))
+    return handles

@@ -1,0 +1,129 @@
+"""Shared helpers for the vLLM integration tests: tiny model folders, random packs, in-process engines."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from guard.axes import AxisSpec
+from guard.pack import AxisPack, TargetModel
+from guard.scoring import anchor_score_stats
+
+# Small enough to start in seconds on 2 CPU cores; head_dim 32 (vLLM's CPU attention needs >= 32).
+TINY_ARCH, TINY_HIDDEN, TINY_LAYERS = "llama", 64, 4
+# Chunked prefill in 16-token chunks: prompts longer than that span several steps and share steps
+# with other requests' decodes.
+ENGINE_KWARGS: dict[str, Any] = dict(
+    max_model_len=256, dtype="float32", max_num_batched_tokens=16, max_num_seqs=8,
+    kv_cache_memory_bytes=64 << 20, seed=0,
+)
+
+
+def build_tiny_folder(folder: Path, seed: int = 0) -> tuple[Path, str]:
+    """A saved tiny Llama (real random weights) and its zoo-style name."""
+    from integrations.tiny_models import build_tiny_model
+
+    loaded = build_tiny_model(TINY_ARCH, TINY_HIDDEN, num_layers=TINY_LAYERS, seed=seed, save_to=folder)
+    return folder, loaded.name
+
+
+def random_pack(name: str, layer: int, axes: Sequence[str] = ("refusal", "toxicity"), seed: int = 0,
+                hidden: int = TINY_HIDDEN, num_layers: int = TINY_LAYERS, architecture: str = TINY_ARCH,
+                anchor_acts: np.ndarray | None = None) -> AxisPack:
+    """A pack with random unit axes; z statistics from ``anchor_acts`` (default: random activations)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(axes), hidden))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    anchors = anchor_acts if anchor_acts is not None else rng.normal(size=(64, hidden))
+    offset, scale = anchor_score_stats(anchors, vectors)
+    return AxisPack(
+        model=TargetModel(name=name, architecture=architecture, hidden_size=hidden, num_layers=num_layers, layer=layer),
+        axes=[AxisSpec(a) for a in axes], vectors=vectors.astype(np.float32),
+        anchor_mean=anchors.mean(axis=0).astype(np.float32),
+        score_offset=offset.astype(np.float32), score_scale=scale.astype(np.float32),
+        pos_mean_z=np.full(len(axes), 2.0, np.float32), neg_mean_z=np.full(len(axes), -1.0, np.float32),
+        method="random-test-pack", anchors_sha256="test",
+    )
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or with None, unset) environment variables for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_AXISGUARD_ENV = ("AXISGUARD_PACK", "AXISGUARD_POLICY", "AXISGUARD_CONFIG", "AXISGUARD_DISABLE",
+                  "AXISGUARD_CAPTURE_LAYERS", "AXISGUARD_CAPTURE_POOLING", "AXISGUARD_ALLOW_NAME_MISMATCH")
+
+
+@contextlib.contextmanager
+def inprocess_engine(folder: Path, env: Mapping[str, str], **kwargs: Any) -> Iterator[Any]:
+    """A ``vllm.LLM`` whose engine and worker run in this process, configured by ``env``."""
+    from vllm import LLM
+
+    from integrations.vllm.plugin import install
+
+    full_env: dict[str, str | None] = {k: None for k in _AXISGUARD_ENV}
+    full_env.update(env)
+    full_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    with environment(full_env):
+        install()  # the plugin may have been loaded unconfigured earlier in this process
+        llm = LLM(model=str(folder), tokenizer=str(folder), **{**ENGINE_KWARGS, **kwargs})
+        try:
+            yield llm
+        finally:
+            shutdown(llm)
+
+
+def shutdown(llm: Any) -> None:
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
+def worker_of(llm: Any) -> Any:
+    return llm.llm_engine.model_executor.driver_worker.worker
+
+
+def session_of(llm: Any) -> Any:
+    from integrations.vllm.worker import session_of as worker_session
+
+    return worker_session(worker_of(llm))
+
+
+def flush_finished(llm: Any) -> None:
+    """Run one more engine step so the worker learns which requests finished (vLLM tells it lazily)."""
+    llm.llm_engine.step()
+
+
+def hf_hidden_states(folder: Path, token_ids: Sequence[int], layer: int) -> torch.Tensor:
+    """transformers' residual stream after block ``layer`` for one sequence: [n, d] (layer < last)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([list(token_ids)]), output_hidden_states=True)
+    return out.hidden_states[layer + 1][0]
