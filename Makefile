@@ -25,3 +25,11 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check guard probes integrations tests scripts
+
+# Regenerates probes/REPORT.md (catalogue quality gates on the three real models).
+report: setup
+	$(BIN)/python -m scripts.catalogue_report
+
+# Leave-one-family-out on the paper's released data (held-out split of its training pairs).
+bench-eval: setup
+	$(BIN)/axisguard eval --models smollm2-135m,gemma3-270m,qwen2.5-0.5b --data $(ACS_DATA) --out bench/results/acs-data-lofo
