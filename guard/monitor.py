@@ -151,6 +151,7 @@ class Monitor:
                 axis_thr[i] = min(mine)
         self.axis_threshold = torch.tensor(axis_thr, dtype=f32)
         self.z_bounds = torch.tensor([], dtype=f32)  # finite histogram bounds, set by set_buckets
+        self.collect_metrics = False  # accumulate histogram/drift/token counts (only when metrics exist)
         self.defaults = {
             "threshold": torch.tensor([r.threshold for r in self.rules], dtype=f32),
             "min_tokens": torch.tensor([r.rule.min_tokens for r in self.rules], dtype=torch.long),
@@ -357,7 +358,8 @@ class Monitor:
             fired_now, row_steer = self._judge(z, ix, updates, g_old_ext)
         for name, value in updates.items():
             st[name].index_copy_(0, slots, value)
-        self._accumulate(z, ix)
+        if self.collect_metrics:
+            self._accumulate(z, ix)
         return fired_now, row_steer
 
     def _judge(self, z, ix: StepIndex, upd: dict[str, torch.Tensor], g_old_ext: torch.Tensor):
@@ -422,7 +424,9 @@ class Monitor:
     # --- metric accumulators (flushed to Prometheus in bulk) ----------------------------------------
 
     def set_buckets(self, bounds: Sequence[float]) -> None:
+        """Turn metric accumulation on, with these histogram bucket bounds."""
         self.z_bounds = torch.tensor([b for b in bounds if np.isfinite(b)], dtype=torch.float32, device=self.device)
+        self.collect_metrics = True
         self.reset_accumulators()
 
     def reset_accumulators(self) -> None:
@@ -449,7 +453,8 @@ class Monitor:
         acc["tokens"] += torch.stack([ix.prompt_rows.sum(), ix.gen.sum()])
 
     def count_steered(self, rule_index: int, mask: torch.Tensor) -> None:
-        self.acc["steered"][rule_index] += mask.sum()
+        if self.collect_metrics:
+            self.acc["steered"][rule_index] += mask.sum()
 
     # --- reading state back (host) -------------------------------------------------------------------
 
