@@ -36,7 +36,7 @@ ANALYSIS = """\
   a property of 135M-500M models' representations; we did not make the pairs easier (e.g. one framing
   for all test pairs, or unmatched negatives) to pass the gate.
 - **Refusal on look-alikes.** The paper's refusal axis (harmful vs unrelated benign requests) scores
-  ~0.95 in distribution but ~0.55 on look-alike sets on these models; ours reaches 0.73-0.84 with the
+  ~0.95 in distribution but ~0.55 on look-alike sets on these models; ours reaches 0.74-0.87 with the
   model's own direction on strict look-alikes. Below the 0.90 gate, but it is the right test.
 - **Gemma-3-270M is a base model** read without a chat template (its GGUF has none); it fails most
   gates and is the weakest transfer target, as in the paper.
