@@ -89,7 +89,7 @@ def native_pack(pack: AxisPack, model: str) -> AxisPack:
 @click.option("--pack", "pack_dir", required=True)
 @click.option("--n", default=25, show_default=True, help="prompts per set")
 @click.option("--max-new-tokens", default=40, show_default=True)
-@click.option("--strength", default=0.25, show_default=True, help="relative add strength (fraction of ||h||)")
+@click.option("--strength", default=0.5, show_default=True, help="relative add strength (fraction of ||h||)")
 @click.option("--threshold", default="auto", show_default=True,
               help="policy threshold: z, or auto (midpoint of the sources' calibrated means)")
 @click.option("--out", default="bench/results/refusal_steering", show_default=True)
