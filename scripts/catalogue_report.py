@@ -49,9 +49,9 @@ ANALYSIS = """\
   text (its GGUF ships no chat template) so its score comes from the prompt's last word. Reading it
   with Gemma's own turn markers makes it worse, not better: mean native AUROC at layer 11 drops from
   0.90 to 0.73 (the base checkpoint was not trained on turns). The same pairs pass on both
-  instruction-tuned models for privacy, manipulation and self_preservation, and Gemma's own deeper
-  layers (13-15) pass privacy and refusal, so the data carries the behaviour; the cross-source layer
-  rule reads Gemma at 11.
+  instruction-tuned models for privacy, manipulation and self_preservation, and Gemma's own layer 15
+  passes privacy (0.94) and refusal (0.92), so the data carries the behaviour; the cross-source
+  layer rule reads Gemma at 11.
 - **The other two failures are near misses on the smallest and the refusing model.** Deception on
   SmolLM2-135M (0.88; Qwen 0.95): the model must relate a stated true situation to a request to
   misrepresent it. Refusal on Qwen (0.87; SmolLM2 0.93): benign look-alikes that keep violent words
