@@ -33,3 +33,10 @@ report: setup
 # Leave-one-family-out on the paper's released data (held-out split of its training pairs).
 bench-eval: setup
 	$(BIN)/axisguard eval --models smollm2-135m,gemma3-270m,qwen2.5-0.5b --data $(ACS_DATA) --out bench/results/acs-data-lofo
+
+# Guard overhead against plain generation (transformers path, then inside a vLLM engine).
+bench-guard: setup
+	$(BIN)/python -m scripts.bench_guard_overhead --model smollm2-135m --batch 8 --new-tokens 32 --rounds 5 --out bench/results/guard_overhead_smollm2.json
+
+bench-vllm: setup
+	$(BIN)/python -m scripts.bench_vllm_throughput --model smollm2-135m --batch 8 32 --rounds 5 --out bench/results

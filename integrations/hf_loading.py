@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from guard.errors import AxisguardError
+from integrations.decoder_layers import decoder_layers
 from integrations.model_zoo import ResolvedModel, resolve_model
 
 # Where the decoder blocks live, per family: Llama, Qwen2, Gemma3 (text), Mistral and Phi3 all use
 # ``model.model.layers``; multimodal wrappers nest the text model one level deeper.
-_LAYER_PATHS = ("model.layers", "model.language_model.layers")
 
 # Config keys that describe how a model was saved or loaded rather than what it computes.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
@@ -53,22 +53,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks; a forward hook on block L sees (and may steer) "layer L"."""
-    for dotted in _LAYER_PATHS:
-        node: Any = model
-        for attr in dotted.split("."):
-            node = getattr(node, attr, None)
-            if node is None:
-                break
-        if isinstance(node, nn.ModuleList):
-            return node
-    raise AxisguardError(
-        f"cannot find the decoder blocks of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)})",
-        "supported families: Llama, Qwen2, Gemma3, Mistral, Phi3 (decoder blocks at model.model.layers)",
-    )
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

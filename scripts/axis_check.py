@@ -17,21 +17,15 @@ from pathlib import Path
 
 import click
 import numpy as np
-from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import KFold, cross_val_score
+from sklearn.model_selection import KFold
 
 from integrations.activation_collection import collect_activations
 from probes.catalogue import load_catalogue
 from probes.directions import native_direction
+from scripts.catalogue_report import auroc, bow_accuracy, length_auroc
 
 GATES = Path("bench/results/catalogue_lofo/gates.json")
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
-
-
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def cross_validated(pos: np.ndarray, neg: np.ndarray, folds: int = 5) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -58,14 +52,9 @@ def main(axis: str, models: str, layer: int | None, with_test: bool, show: int) 
     catalogue = load_catalogue(axes=[axis])
     cal, test = catalogue.calibration[axis], catalogue.test[axis]
     recorded = json.loads(GATES.read_text())["native_layers"] if GATES.exists() else {}
-    words = lambda texts: np.array([len(t.split()) for t in texts])  # noqa: E731
     click.echo(f"{axis}: {len(cal)} calibration / {len(test)} test pairs")
-    click.echo(f"length-only AUROC: calibration {auroc(words([p.positive for p in cal]), words([p.negative for p in cal])):.3f}, "
-               f"test {auroc(words([p.positive for p in test]), words([p.negative for p in test])):.3f} (gate 0.35-0.65)")
-    texts = [p.positive for p in cal] + [p.negative for p in cal]
-    bow = cross_val_score(LogisticRegression(max_iter=2000), CountVectorizer().fit_transform(texts),
-                          np.r_[np.ones(len(cal)), np.zeros(len(cal))], cv=5).mean()
-    click.echo(f"bag-of-words LR, 5-fold on calibration: {bow:.3f}")
+    click.echo(f"length-only AUROC: calibration {length_auroc(cal):.3f}, test {length_auroc(test):.3f} (gate 0.35-0.65)")
+    click.echo(f"bag-of-words LR, 5-fold on calibration: {bow_accuracy(cal):.3f}")
     z_pos, z_neg = np.zeros(len(cal)), np.zeros(len(cal))
     names = models.split(",")
     for name in names:

@@ -13,7 +13,7 @@ The model is a zoo name/folder, or ``random:ARCH:D:LAYERS`` for random weights o
 (overhead does not depend on the weights, and random weights need no download), e.g.
 ``random:llama:576:30`` is SmolLM2-135M's shape.
 
-    python scripts/bench_guard_overhead.py --model random:llama:576:30 --batch 8 --new-tokens 64
+    python -m scripts.bench_guard_overhead --model random:llama:576:30 --batch 8 --new-tokens 64
 """
 
 from __future__ import annotations
@@ -36,15 +36,7 @@ from guard.runtime import Guard
 from guard.scoring import anchor_score_stats
 from integrations.hf_extraction import extract_activations
 from integrations.hf_guard import guarded_generate
-
-AXES = ("refusal", "sycophancy", "toxicity", "jailbreak", "deception", "power_seeking", "self_preservation",
-        "manipulation", "privacy", "hallucination")
-PROMPTS = [
-    "Explain how vaccines train the immune system.", "Write a haiku about autumn leaves.",
-    "What is the capital of Australia and why was it chosen?", "Give me three tips for a job interview.",
-    "How do I reverse a linked list in Python?", "Summarise the plot of Hamlet in two sentences.",
-    "Why is the sky blue?", "Suggest a name for a bakery that sells sourdough.",
-]
+from scripts.bench_workload import AXES, PROMPTS
 
 
 def load(spec: str, device: str, dtype: torch.dtype):

@@ -15,7 +15,7 @@ Part 2, eager vs compiled vanilla: the cost of the eager mode the guard requires
 cannot share a process, so each run is a fresh process, alternating eager/compiled; engine start
 (and compilation) is excluded from the timing; each process times 5 generations after a warm-up.
 
-    python scripts/bench_vllm_throughput.py --model smollm2-135m --batch 8 32 --rounds 5 --out bench/results
+    python -m scripts.bench_vllm_throughput --model smollm2-135m --batch 8 32 --rounds 5 --out bench/results
 """
 
 from __future__ import annotations
@@ -33,14 +33,8 @@ from typing import Any
 
 import numpy as np
 
-AXES = ("refusal", "sycophancy", "toxicity", "jailbreak", "deception", "power_seeking", "self_preservation",
-        "manipulation", "privacy", "hallucination")
-PROMPTS = [
-    "Explain how vaccines train the immune system.", "Write a haiku about autumn leaves.",
-    "What is the capital of Australia and why was it chosen?", "Give me three tips for a job interview.",
-    "How do I reverse a linked list in Python?", "Summarise the plot of Hamlet in two sentences.",
-    "Why is the sky blue?", "Suggest a name for a bakery that sells sourdough.",
-]
+from scripts.bench_workload import AXES, PROMPTS
+
 ENGINE = dict(dtype="float32", max_model_len=512, kv_cache_memory_bytes=2 << 30, seed=0)
 
 
@@ -167,7 +161,7 @@ def eager_vs_compiled(model: Path, batches: list[int], rounds: int, new_tokens: 
         runs: dict[str, list[float]] = {"eager": [], "compiled": []}
         for r in range(rounds):
             for mode in (["eager", "compiled"] if r % 2 == 0 else ["compiled", "eager"]):
-                cmd = [sys.executable, __file__, "--single", str(model), "--eager", str(mode == "eager"),
+                cmd = [sys.executable, "-m", "scripts.bench_vllm_throughput", "--single", str(model), "--eager", str(mode == "eager"),
                        "--batch", str(batch), "--new-tokens", str(new_tokens)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 runs[mode].extend(json.loads(out.strip().splitlines()[-1]))

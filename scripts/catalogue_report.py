@@ -68,12 +68,12 @@ ANALYSIS = """\
   acs_probe 10-way accuracy (0.51-0.82) is reported as asked."""
 
 
-def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def length_auroc(pairs) -> float:
-    return _auroc(np.array([len(p.positive.split()) for p in pairs]), np.array([len(p.negative.split()) for p in pairs]))
+    return auroc(np.array([len(p.positive.split()) for p in pairs]), np.array([len(p.negative.split()) for p in pairs]))
 
 
 def bow_accuracy(pairs) -> float:
@@ -123,7 +123,7 @@ def main(models: str, out: str, eval_out: str) -> None:
             v = native_direction(m.pos[axis][layer], m.neg[axis][layer])
             mean = m.anchors[layer].mean(0)
             sp, sn = (m.test_pos[axis][layer] - mean) @ v, (m.test_neg[axis][layer] - mean) @ v
-            a = _auroc(sp, sn)
+            a = auroc(sp, sn)
             paired = float(np.mean(sp > sn))  # a positive above its own matched negative
             native[(m.info.name, axis)] = v
             native_auroc[m.info.name][axis] = round(a, 4)

@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from guard.errors import AxisguardError, MismatchError
+from integrations.environment import environment
 from integrations.vllm.config import GuardConfig
 from integrations.vllm.model_check import check_pack_matches, served_model_from_folder
 from integrations.vllm.overrides import overrides_from_extra_args
 from integrations.vllm.verdict_store import VerdictStore, external_id, id_matches
-from tests.vllm_support import TINY_HIDDEN, build_tiny_folder, environment, random_pack
+from tests.vllm_support import TINY_HIDDEN, build_tiny_folder, random_pack
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[1]

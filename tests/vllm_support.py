@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from guard.axes import AxisSpec
 from guard.pack import AxisPack, TargetModel
 from guard.scoring import anchor_score_stats
+from integrations.environment import environment
 
 # Small enough to start in seconds on 2 CPU cores; head_dim 32 (vLLM's CPU attention needs >= 32).
 TINY_ARCH, TINY_HIDDEN, TINY_LAYERS = "llama", 64, 4
@@ -51,25 +51,6 @@ def random_pack(name: str, layer: int, axes: Sequence[str] = ("refusal", "toxici
         pos_mean_z=np.full(len(axes), 2.0, np.float32), neg_mean_z=np.full(len(axes), -1.0, np.float32),
         method="random-test-pack", anchors_sha256="test",
     )
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or with None, unset) environment variables for the duration of the block."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 _AXISGUARD_ENV = ("AXISGUARD_PACK", "AXISGUARD_POLICY", "AXISGUARD_CONFIG", "AXISGUARD_DISABLE",

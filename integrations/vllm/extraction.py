@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from guard.errors import AxisguardError
+from integrations.environment import environment
 from integrations.vllm.config import GuardConfig
 from integrations.vllm.model_check import served_model_from_folder
 from integrations.vllm.verdict_store import external_id
@@ -147,15 +147,6 @@ class VllmExtractor:
         from integrations.vllm.plugin import install
 
         capture = GuardConfig(mode="capture", capture_layers=tuple(layers), capture_pooling=self.pooling)  # type: ignore[arg-type]
-        env = capture.to_env()
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        try:
+        with environment(capture.to_env()):
             install()  # this process may have loaded the plugin before the capture was configured
             return LLM(model=str(self.path), tokenizer=str(self.path), **self.engine_kwargs)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value

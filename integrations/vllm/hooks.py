@@ -20,28 +20,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from guard.errors import AxisguardError
+from integrations.decoder_layers import decoder_layers
 
 # callback(layer, module_output) -> None; it may add a delta in place with ``add_to_stream``.
 LayerCallback = Callable[[int, Any], None]
-
-_LAYER_PATHS = ("model.layers", "language_model.model.layers", "model.language_model.layers", "transformer.h")
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's decoder blocks, in order (Llama/Qwen2/Gemma3/Mistral/Phi3 and multimodal wrappers)."""
-    for path in _LAYER_PATHS:
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise AxisguardError(
-        f"cannot find the decoder layers of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)})",
-        "axisguard supports decoder-only models whose blocks live at model.model.layers",
-    )
-
 
 def residual_stream(output: Any) -> torch.Tensor:
     """The residual stream a decoder layer produced: ``hidden + residual`` for vLLM's fused layers."""
