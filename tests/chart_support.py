@@ -123,3 +123,21 @@ def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
 def write_rule_file(path: Path, groups: list[dict[str, Any]]) -> Path:
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     return path
+
+
+def mount_folders(container: dict[str, Any], root: Path, volumes: dict[str, Path] | None = None) -> dict[str, Path]:
+    """A local folder for each of the container's mount points: ``volumes[name]`` or a new one under ``root``."""
+    folders = {}
+    for mount in container.get("volumeMounts", []):
+        folder = (volumes or {}).get(mount["name"]) or root / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        folders[mount["mountPath"]] = folder
+    return folders
+
+
+def localize(value: str, folders: dict[str, Path]) -> str:
+    """``value`` with a mount-point prefix replaced by its local folder (other values unchanged)."""
+    for path, folder in folders.items():
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return str(folder) + value[len(path):]
+    return value

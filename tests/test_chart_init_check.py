@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.chart_project import write_random_pack
-from tests.chart_support import env_of, pod_spec, render
+from tests.chart_support import env_of, localize, mount_folders, pod_spec, render
 
 PACK_SUBPATH = "packs/smollm2-135m"
 GOOD_POLICY = {"version": 1, "name": "chart-check", "rules": [
@@ -44,21 +44,12 @@ def check_step(tmp_path: Path, pack_dir: Path, policy: dict[str, Any] | str | No
     tmp_path.mkdir(parents=True, exist_ok=True)
     [check] = pod_spec(render(chart_values))["initContainers"]
     assert check["name"] == "check-policy" and check["command"][:2] == ["/bin/sh", "-c"]
-    mounts = {m["mountPath"]: tmp_path / m["name"] for m in check.get("volumeMounts", [])}
-    for folder in mounts.values():
-        folder.mkdir(exist_ok=True)
+    mounts = mount_folders(check, tmp_path)
     shutil.copytree(pack_dir, tmp_path / "packs" / PACK_SUBPATH, dirs_exist_ok=True)
     if policy is not None:
         text = policy if isinstance(policy, str) else yaml.safe_dump(policy)
         (tmp_path / "policy" / "policy.yaml").write_text(text)
-
-    def local(value: str) -> str:
-        for path, folder in mounts.items():
-            if value == path or value.startswith(path + "/"):
-                return str(folder) + value[len(path):]
-        return value
-
-    env = {**os.environ, **{k: local(v) for k, v in env_of(check).items()}, "TMPDIR": str(mounts["/tmp"])}
+    env = {**os.environ, **{k: localize(v, mounts) for k, v in env_of(check).items()}, "TMPDIR": str(mounts["/tmp"])}
     # `python3` and the `axisguard` console script of this environment, as the image has them on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     return subprocess.run(check["command"], capture_output=True, text=True, env=env, timeout=300)
