@@ -1,4 +1,5 @@
-"""The chart's check-policy init step, run for real: its rendered script with the real `axisguard` CLI.
+"""The chart's init steps against the real `axisguard` CLI: the check-policy script is run for real, the
+adapt-pack command is checked against `axisguard adapt --help`.
 
 Each mount point of the init container becomes a temporary folder; a bad policy, a tampered pack or a
 pack other than the pinned one must fail the step (and so the rollout) with a message saying why.
@@ -14,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.chart_project import write_random_pack
-from tests.chart_support import env_of, localize, mount_folders, pod_spec, render
+from tests.chart_support import env_of, localize, mount_folders, of_kind, pod_spec, render
 
 PACK_SUBPATH = "packs/smollm2-135m"
 GOOD_POLICY = {"version": 1, "name": "chart-check", "rules": [
@@ -34,21 +34,20 @@ def check_step(tmp_path: Path, pack_dir: Path, policy: dict[str, Any] | str | No
                strict: bool = False) -> subprocess.CompletedProcess[str]:
     """Render the chart, then run its check-policy container's script with the mounts mapped to folders."""
     policy_values: dict[str, Any] = {"strict": strict}
-    if isinstance(policy, dict):
+    if policy is not None:  # a mapping, or the policy file's text (`--set-file policy.inline=...`)
         policy_values["inline"] = policy
-    elif isinstance(policy, str):  # raw text, as an existing ConfigMap may hold it
-        policy_values["existingConfigMap"] = "policy"
     chart_values = {"pack": {"source": "existing", "sha256": sha256,
                              "existing": {"claimName": "packs", "path": PACK_SUBPATH}},
                     "policy": policy_values}
     tmp_path.mkdir(parents=True, exist_ok=True)
-    [check] = pod_spec(render(chart_values))["initContainers"]
+    manifests = render(chart_values)
+    [check] = pod_spec(manifests)["initContainers"]
     assert check["name"] == "check-policy" and check["command"][:2] == ["/bin/sh", "-c"]
     mounts = mount_folders(check, tmp_path)
     shutil.copytree(pack_dir, tmp_path / "packs" / PACK_SUBPATH, dirs_exist_ok=True)
-    if policy is not None:
-        text = policy if isinstance(policy, str) else yaml.safe_dump(policy)
-        (tmp_path / "policy" / "policy.yaml").write_text(text)
+    for config_map in of_kind(manifests, "ConfigMap"):  # the policy file, as the pod sees it
+        for key, text in config_map["data"].items():
+            (mounts["/etc/axisguard/policy"] / key).write_text(text)
     env = {**os.environ, **{k: localize(v, mounts) for k, v in env_of(check).items()}, "TMPDIR": str(mounts["/tmp"])}
     # `python3` and the `axisguard` console script of this environment, as the image has them on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
@@ -97,3 +96,19 @@ def test_strict_turns_warnings_into_a_failed_rollout(tmp_path: Path, pack: tuple
     strict = check_step(tmp_path / "strict", pack[0], policy, strict=True)
     assert strict.returncode == 1
     assert "deception" in strict.stdout
+
+
+def test_the_adapt_command_uses_options_the_cli_has() -> None:
+    values = {"pack": {"source": "adapt", "adapt": {"bundle": {"path": "/opt/bundle"}, "dataPath": "/data",
+                                                     "layer": 3, "method": "adjoint", "engine": "vllm"}}}
+    [adapt, _] = pod_spec(render(values))["initContainers"]
+    program, subcommand, bundle, *options = adapt["command"]
+    assert (program, subcommand, bundle) == ("axisguard", "adapt", "/opt/bundle")
+    axisguard = shutil.which("axisguard", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    assert axisguard, "the axisguard console script is not installed"
+    usage = subprocess.run([axisguard, "adapt", "--help"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0, usage.stderr
+    flags = [o for o in options if o.startswith("--")]
+    assert {"--target", "--method", "--engine", "--data", "--layer", "--out"} <= set(flags)
+    for flag in flags:
+        assert flag in usage.stdout, f"`axisguard adapt` has no {flag} option"
