@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 
-from guard.errors import AxisguardError
 from guard.metrics import GuardMetrics
 from guard.monitor import Monitor, RowMap, StepIndex
 from guard.pack import AxisPack
-from guard.policy import ACTIONS, Policy, ResolvedRule, check_against_pack, resolve_overrides
+from guard.policy import ACTIONS, Policy, ResolvedRule, require_runnable, resolve_overrides
 from guard.steering import SteerOp, z_to_cosine
 
 __all__ = ["Guard", "RowMap", "Verdict"]
@@ -104,13 +103,7 @@ class Guard:
         metrics_interval_s: float = 1.0,
         defer_events: bool | None = None,
     ) -> None:
-        check = check_against_pack(policy, pack)
-        if not check.ok:
-            raise AxisguardError(
-                f"policy {policy.name!r} cannot run on the pack for {pack.model.name}:\n"
-                + "\n".join(f"  - {e}" for e in check.errors),
-                "fix the policy, or check it with `axisguard policy check FILE --pack PACK`",
-            )
+        check = require_runnable(policy, pack)
         for warning in check.warnings:
             log.warning("axisguard policy %r: %s", policy.name, warning)
         self.pack = pack

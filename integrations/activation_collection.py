@@ -40,7 +40,7 @@ def collect_activations(
 ) -> ModelActivations:
     """Run ``model_spec`` on the catalogue's prompts at ``layers`` (default: the depth grid)."""
     if engine == "vllm":
-        from integrations.vllm.extraction import VllmExtractor
+        from integrations.vllm.capture import VllmExtractor
 
         extractor = VllmExtractor(model_spec, use_chat_template=use_chat_template)
         info_src = extractor

@@ -55,7 +55,7 @@ def write_artifacts(model: str, root: Path) -> dict[str, Path]:
     from guard.pack import AxisPack, TargetModel
     from guard.scoring import anchor_score_stats
     from integrations.model_zoo import resolve_model
-    from integrations.vllm.model_check import served_model_from_folder
+    from integrations.vllm.engine import served_model_from_folder
 
     resolved = resolve_model(model)
     served = served_model_from_folder(resolved.path)

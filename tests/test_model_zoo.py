@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guard.cli.main import cli
+from axisguard_cli.main import cli
 from guard.errors import AxisguardError
 from integrations import model_zoo
 from integrations.hf_loading import (

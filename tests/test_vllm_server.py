@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from integrations.vllm.client import GuardedServer
+from scripts.guarded_server import GuardedServer
 from tests.vllm_support import random_pack
 
 pytest.importorskip("vllm")

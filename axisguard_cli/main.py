@@ -10,7 +10,7 @@ import click
 
 from guard.errors import AxisguardError
 
-# command name -> module in guard.cli that defines a click command or group named `command`.
+# command name -> module in axisguard_cli that defines a click command or group named `command`.
 COMMANDS = {
     "models": "models",
     "calibrate": "calibrate",
@@ -34,9 +34,9 @@ class GuardedGroup(click.Group):
         if module_name is None:
             return None
         try:
-            module = importlib.import_module(f"guard.cli.{module_name}")
+            module = importlib.import_module(f"axisguard_cli.{module_name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"guard.cli.{module_name}":
+            if exc.name == f"axisguard_cli.{module_name}":
                 return None
             raise
         return module.command

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from guard.cli.options import batch_option, data_option, engine_option, template_option
+from axisguard_cli.options import batch_option, data_option, engine_option, template_option
 
 
 @click.command("adapt")

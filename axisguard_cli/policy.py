@@ -72,9 +72,6 @@ def check(policy_file: str, pack_dir: str | None, strict: bool, as_json: bool) -
 @command.command("default")
 def show_default() -> None:
     """Print the default policy shipped with the built-in catalogue (a starting point to edit)."""
-    from importlib import resources
+    from probes.policies import default_policy_text
 
-    from guard.policy import DEFAULT_POLICY_RESOURCE
-
-    package, name = DEFAULT_POLICY_RESOURCE
-    click.echo(resources.files(package).joinpath(name).read_text(encoding="utf-8"), nl=False)
+    click.echo(default_policy_text(), nl=False)

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from guard.cli.options import (
+from axisguard_cli.options import (
     axes_option,
     batch_option,
     data_option,
