@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
@@ -21,6 +22,21 @@ COMMANDS = {
     "generate": "generate",
     "serve": "serve",
 }
+
+
+# Modules that come with an extra, not with the core install (see pyproject.toml).
+EXTRA_OF_MODULE = {"sklearn": "calibrate", "gguf": "calibrate", "accelerate": "calibrate", "rich": "calibrate",
+                   "tqdm": "calibrate", "matplotlib": "report", "vllm": "vllm"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> AxisguardError | None:
+    """A user error for a command whose optional dependency is not installed (None: a real bug)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return AxisguardError(f"this command needs {top!r}, which the core install leaves out",
+                          f"pip install 'axisguard[{extra}]'")
 
 
 class GuardedGroup(click.Group):
@@ -41,14 +57,23 @@ class GuardedGroup(click.Group):
             raise
         return module.command
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            error = missing_extra(exc)
+            if error is None:
+                raise
+            self._fail(error)
         except AxisguardError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
-            sys.exit(2)
+            self._fail(exc)
+
+    @staticmethod
+    def _fail(exc: AxisguardError) -> NoReturn:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=GuardedGroup)

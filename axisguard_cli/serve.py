@@ -50,7 +50,8 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
                  vllm_args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """Validate the pair and return the server's argv and environment (nothing is started)."""
     from guard.errors import AxisguardError
-    from integrations.model_zoo import axisguard_home, resolve_model
+    from integrations.model_resolution import resolve_model
+    from integrations.model_zoo import axisguard_home
     from integrations.vllm.config import GuardConfig, default_metrics_dir, prepare_metrics_dir
     from integrations.vllm.engine import (
         ENV_ALLOW_NAME_MISMATCH,

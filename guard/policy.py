@@ -285,9 +285,6 @@ class RequestOverrides:
     enabled: bool = True
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def is_empty(self) -> bool:
-        return self.enabled and not self.rules
-
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -21,7 +21,7 @@ from torch import nn
 
 from guard.errors import AxisguardError
 from integrations.decoder_layers import decoder_layers
-from integrations.model_zoo import ResolvedModel, resolve_model
+from integrations.model_resolution import ResolvedModel, resolve_model
 
 # Where the decoder blocks live, per family: Llama, Qwen2, Gemma3 (text), Mistral and Phi3 all use
 # ``model.model.layers``; multimodal wrappers nest the text model one level deeper.

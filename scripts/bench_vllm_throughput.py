@@ -54,7 +54,7 @@ def write_artifacts(model: str, root: Path) -> dict[str, Path]:
     from guard.axes import AxisSpec
     from guard.pack import AxisPack, TargetModel
     from guard.scoring import anchor_score_stats
-    from integrations.model_zoo import resolve_model
+    from integrations.model_resolution import resolve_model
     from integrations.vllm.engine import served_model_from_folder
 
     resolved = resolve_model(model)

@@ -155,7 +155,7 @@ class VllmExtractor:
 
     def __init__(self, model_spec: str | Path, use_chat_template: bool | None = None, pooling: str = "last",
                  batch_size: int = 256, **engine_kwargs: Any) -> None:
-        from integrations.model_zoo import resolve_model
+        from integrations.model_resolution import resolve_model
 
         if pooling not in ("last", "mean"):
             raise AxisguardError(f"pooling {pooling!r} is not supported", "allowed: last, mean")

@@ -106,7 +106,7 @@ def model_name_of(model: str | Path) -> str:
     """The zoo-style name of a model folder (or the id itself when it is not a local folder)."""
     folder = Path(str(model)).expanduser()
     if folder.is_dir():
-        from integrations.model_zoo import read_model_card
+        from integrations.model_resolution import read_model_card
 
         card = read_model_card(folder) or {}
         return str(card.get("zoo_name") or card.get("name") or folder.resolve().name)

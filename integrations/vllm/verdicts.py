@@ -18,7 +18,7 @@ accepts the external id and returns every internal request it covers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -91,9 +91,6 @@ class VerdictStore:
         if exact is not None:
             return [exact]
         return [v for k, v in self._items.items() if id_matches(query, k)]
-
-    def ids(self) -> Iterable[str]:
-        return self._items.keys()
 
     def __len__(self) -> int:
         return len(self._items)
