@@ -144,7 +144,7 @@ class Monitor:
         )
         # Per-axis threshold for the verdict's "tokens_over": the lowest "above" rule threshold on the
         # axis, else half-way between the calibrated negative and positive means.
-        axis_thr = [(float(pack.pos_mean_z[i]) + float(pack.neg_mean_z[i])) / 2 for i in range(k)]
+        axis_thr = [pack.auto_threshold(i) for i in range(k)]
         for i in range(k):
             mine = [r.threshold for r in self.rules if r.axis_index == i and r.rule.direction == "above"]
             if mine:

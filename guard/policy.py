@@ -404,10 +404,6 @@ class PolicyCheck:
         return not self.errors
 
 
-def _auto_threshold(pack: AxisPack, k: int) -> float:
-    return float((pack.pos_mean_z[k] + pack.neg_mean_z[k]) / 2.0)
-
-
 def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
     """Bind every rule to the pack; report unknown axes, bad layers and thresholds that cannot work."""
     check = PolicyCheck()
@@ -426,7 +422,7 @@ def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
                 check.skipped.append(rule.name)
             continue
         k = names.index(rule.axis)
-        threshold = _auto_threshold(pack, k) if rule.threshold == "auto" else float(rule.threshold)
+        threshold = pack.auto_threshold(k) if rule.threshold == "auto" else float(rule.threshold)
         resolved = ResolvedRule(rule=rule, index=len(check.resolved), axis_index=k, threshold=threshold)
         pos, neg = float(pack.pos_mean_z[k]), float(pack.neg_mean_z[k])
         if rule.direction == "above" and threshold > max(pos, neg) + 4.0:

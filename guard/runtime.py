@@ -170,8 +170,7 @@ class Guard:
 
     def _resolve_threshold(self, resolved: ResolvedRule, value: float | str) -> float:
         if value == "auto":
-            k = resolved.axis_index
-            return float((self.pack.pos_mean_z[k] + self.pack.neg_mean_z[k]) / 2)
+            return self.pack.auto_threshold(resolved.axis_index)
         return float(value)
 
     # --- request lifecycle -------------------------------------------------------------------------

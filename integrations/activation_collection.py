@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from guard.errors import AxisguardError
-from probes.activations import ModelActivations, ModelInfo, grid_layers
+from guard.model_info import ModelInfo
+from probes.activations import ModelActivations, grid_layers
 from probes.catalogue import Catalogue
 
 
@@ -52,8 +53,8 @@ def collect_activations(
         loaded = load_model(model_spec)
         info_src = loaded
     template = info_src.use_chat_template if use_chat_template is None else use_chat_template
-    info = ModelInfo(info_src.name, info_src.architecture, info_src.hidden_size, info_src.num_layers, template,
-                     info_src.fingerprint)
+    info = ModelInfo(info_src.name, info_src.architecture, info_src.hidden_size, info_src.num_layers,
+                     chat_template=template, fingerprint=info_src.fingerprint)
     chosen = list(layers) if layers is not None else grid_layers(info.num_layers)
     bad = [layer for layer in chosen if not 0 <= layer < info.num_layers]
     if bad:

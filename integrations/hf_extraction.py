@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from guard.errors import AxisguardError
 from integrations.activation_cache import ActivationCache, CacheKey, prompt_hash
-from integrations.hf_loading import LoadedModel, decoder_layers, format_prompt, uses_chat_template
+from integrations.hf_loading import LoadedModel, decoder_layers, format_prompt, left_pad, uses_chat_template
 
 Pooling = Literal["last", "mean"]
 POOLINGS = ("last", "mean")
@@ -55,12 +55,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+    ids, mask = left_pad(rows, pad_id)
     # Positions start at 0 on each row's first real token, as if the row were alone.
     positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
     return ids.to(device), mask.to(device), positions.to(device)

@@ -87,6 +87,17 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], use_chat_template: bool
     return tokenizer(formatted, add_special_tokens=not templated, padding=False)["input_ids"]
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded batch: ``(input_ids, attention_mask)``, both [B, max_len]."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # a loop over prompts, once per batch
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def _config_digest(config: Any) -> bytes:
     body = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
     return json.dumps(body, sort_keys=True, default=str).encode()

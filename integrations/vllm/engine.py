@@ -21,7 +21,7 @@ does not match the served model (``check_pack_matches`` below), so the server ne
 
 Does an axis pack belong to the model vLLM is about to serve? Checked before serving, not at the first request.
 
-The pack records the model it was built for (``TargetModel``: name, HF ``model_type``, hidden size,
+The pack records the model it was built for (``guard.model_info.ModelInfo``: name, HF ``model_type``, hidden size,
 layer count). Shape and architecture must match exactly. The name must match too (a pack built for
 one fine-tune is meaningless on another with the same shape), compared the way the model zoo names
 models: the zoo name recorded in the folder's ``axisguard_model.json``, else the folder name. A model
