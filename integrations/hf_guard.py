@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from guard.runtime import Guard, RowMap
+from guard.rows import RowMap
+from guard.runtime import Guard
 from integrations.hf_loading import LoadedModel, decoder_layers, encode_prompts, left_pad
 
 
