@@ -26,6 +26,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check guard probes integrations axisguard_cli tests scripts
 	$(BIN)/python -m tests.test_import_layers
+	$(BIN)/mypy
 
 # Regenerates probes/REPORT.md (catalogue quality gates on the three real models).
 report: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,7 +42,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _score_rows(scores: dict) -> list[tuple[str, ...]]:
-    parts = []
+    parts: list[tuple[str, ...]] = []
     for axis, s in scores.items():
         parts.append((axis, _fmt(s["prompt"]), _fmt(s["ema"]), _fmt(s["max"]), str(s["tokens_over"])))
     return parts
@@ -95,7 +96,7 @@ def command(model_spec, pack_dir, policy_file, compare, max_new_tokens, prompts_
     records = []
     for i, out in enumerate(guarded):
         verdict = out.verdict or {}
-        record = {"prompt": out.prompt, "guarded": {
+        record: dict[str, Any] = {"prompt": out.prompt, "guarded": {
             "text": out.text, "actions": verdict.get("actions", []), "scores": verdict.get("scores", {}),
             "fired": verdict.get("fired", []), "trajectory": verdict.get("trajectory", {}),
             "errors": verdict.get("errors", 0)}}

@@ -500,7 +500,8 @@ class Monitor:
 
     def snapshot(self, slot: int) -> SlotSnapshot:
         """One slot's state on the host (a device sync; used for verdicts, not per step)."""
-        return SlotSnapshot(**{name: tensor[slot].tolist() for name, tensor in self.state.items()})
+        values: dict[str, Any] = {name: tensor[slot].tolist() for name, tensor in self.state.items()}
+        return SlotSnapshot(**values)
 
     # --- events and totals for the host (the runtime reads the monitor only through these) -----------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -33,9 +34,9 @@ class RowMap:
     def from_query_start_loc(
         cls,
         request_ids: Sequence[str],
-        query_start_loc: torch.Tensor | Sequence[int],
-        num_prompt_tokens: torch.Tensor | Sequence[int],
-        num_computed_tokens: torch.Tensor | Sequence[int],
+        query_start_loc: torch.Tensor | np.ndarray | Sequence[int],
+        num_prompt_tokens: torch.Tensor | np.ndarray | Sequence[int],
+        num_computed_tokens: torch.Tensor | np.ndarray | Sequence[int],
     ) -> RowMap:
         """Rows of a flat (vLLM-style) batch: request ``r`` owns rows ``qsl[r]:qsl[r+1]``, which hold
         positions ``num_computed[r] ...``; positions below ``num_prompt[r]`` are prompt tokens.

@@ -124,8 +124,9 @@ class Guard:
         for r in self._steer_rules:
             steer = r.rule.steer
             k = r.steer_axis_index
+            assert steer is not None and k is not None  # _steer_rules holds steer rules only
             target = None
-            if steer.method == "clamp":
+            if steer.method == "clamp" and r.clamp_target_z is not None:
                 target = float(z_to_cosine(r.clamp_target_z, m.offset[k].item(), m.scale[k].item()))
             self._ops[r.index] = SteerOp(
                 method=steer.method, direction=m.vectors[k].to(device), strength=steer.strength,
@@ -300,7 +301,7 @@ class Guard:
             delta = d if delta is None else delta + d
             if layer == self._first_steer_layer[r]:
                 self.monitor.count_steered(r, mask)
-        return delta.to(flat.dtype)
+        return None if delta is None else delta.to(flat.dtype)
 
     def _may_steer(self, rows: RowMap, layer: int) -> bool:
         """Host-side shortcut: skip steering work when no request of this step can be steered."""

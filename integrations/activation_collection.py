@@ -7,6 +7,7 @@ batching is efficient and the activation cache is hit per prompt.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def collect_activations(
         from integrations.vllm.capture import VllmExtractor
 
         extractor = VllmExtractor(model_spec, use_chat_template=use_chat_template)
-        info_src = extractor
+        info_src: Any = extractor
     else:
         from integrations.activation_cache import ActivationCache
         from integrations.hf_extraction import extract_activations

@@ -14,7 +14,7 @@ index -1 (the last real token of every row) and "mean" averages over real tokens
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def _forward_pooled(
 
     def make_hook(layer: int):
         def hook(module: torch.nn.Module, args: object, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
+            hidden: Any = output[0] if isinstance(output, tuple) else output
             captured[layer] = _pool(hidden, current_mask[0], pooling)
             if layer == deepest:
                 raise _StopForward
@@ -170,7 +170,8 @@ def extract_activations(
 
 
 def _check_lengths(loaded: LoadedModel, token_ids: list[list[int]], prompts: Sequence[str]) -> None:
-    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    limit = getattr(loaded.model.config.get_text_config(),  # type: ignore[union-attr,operator]
+                    "max_position_embeddings", None)
     for ids, prompt in zip(token_ids, prompts, strict=True):
         if not ids:
             raise AxisguardError(f"prompt {prompt!r} tokenises to nothing", "drop empty prompts")

@@ -71,8 +71,8 @@ class GenerateSession:
 
     def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         try:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            embeds = kwargs.get("inputs_embeds")
+            ids: Any = kwargs.get("input_ids", args[0] if args else None)
+            embeds: Any = kwargs.get("inputs_embeds")
             shape = ids.shape if ids is not None else embeds.shape[:2]
             self.rows = self._rows_for(kwargs.get("attention_mask"), int(shape[0]), int(shape[1]))
         except Exception as exc:
@@ -216,7 +216,7 @@ def guarded_generate(
             chunk = range(start, min(start + batch_size, len(prompts)))
             input_ids, mask = left_pad([encoded[i] for i in chunk], pad_id)
             extra: dict[str, Any] = {}
-            if session is not None:
+            if session is not None and guard is not None:
                 for i in chunk:
                     guard.start_request(ids[i], per_request[i])
                 session.begin([ids[i] for i in chunk])
@@ -225,7 +225,7 @@ def guarded_generate(
                     "stopping_criteria": StoppingCriteriaList([_TrackFinished(session, eos_ids)]),
                 }
             with torch.inference_mode():
-                generated = model.generate(
+                generated = model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), **settings, **extra
                 )
             new_tokens = generated[:, input_ids.shape[1]:].cpu()

@@ -133,7 +133,7 @@ def wrap_model(
     """Build a ``LoadedModel`` around objects already in memory (tiny test models, notebooks)."""
     model.eval()
     prepare_tokenizer(tokenizer)
-    config = model.config.get_text_config()
+    config = model.config.get_text_config()  # type: ignore[union-attr,operator]
     layers = decoder_layers(model)
     if len(layers) != config.num_hidden_layers:
         raise AxisguardError(

@@ -5,6 +5,7 @@ float32 HF folder with its zoo card, atomically (one puller per model across pro
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -66,7 +67,7 @@ def _concatenate(parts: list[Path], out: Path, advance: Callable[[int], None]) -
     with open(out, "wb") as sink:
         for part in parts:
             with open(part, "rb") as source:
-                for block in iter(lambda s=source: s.read(_HASH_BLOCK), b""):
+                for block in iter(functools.partial(source.read, _HASH_BLOCK), b""):
                     sink.write(block)
                     digest.update(block)
                     advance(len(block))
@@ -114,14 +115,13 @@ def _gguf_metadata(gguf: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' own tqdm bars while our rich progress is on screen (the GGUF
     dequantiser uses a bare tqdm that ignores transformers' progress-bar switch)."""
-    import functools
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     original = getattr(gguf_utils, "tqdm", None)
     if original is not None:
-        gguf_utils.tqdm = functools.partial(original, disable=True)
+        gguf_utils.tqdm = functools.partial(original, disable=True)  # type: ignore[assignment]
     hf_logging.disable_progress_bar()
     try:
         yield
@@ -145,7 +145,7 @@ def _convert(entry: ZooEntry, gguf: Path, out: Path) -> dict[str, Any]:
     # quantisation and loaders would look for the .gguf file again.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
 
     meta = _gguf_metadata(gguf, ("tokenizer.chat_template", "tokenizer.ggml.add_bos_token"))
     if entry.chat_template and not tokenizer.chat_template:
@@ -154,7 +154,7 @@ def _convert(entry: ZooEntry, gguf: Path, out: Path) -> dict[str, Any]:
         raise IntegrityError(f"{entry.name}: the GGUF carries no chat template", "this zoo entry is broken")
     # transformers' GGUF tokenizer conversion ignores add_bos_token (Gemma needs its <bos>).
     if meta.get("tokenizer.ggml.add_bos_token") and hasattr(tokenizer, "add_bos_token"):
-        tokenizer.add_bos_token = True
+        tokenizer.add_bos_token = True  # type: ignore[misc]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

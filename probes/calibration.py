@@ -42,7 +42,7 @@ def build_bundle(
     if len(set(counts.values())) != 1:
         raise MismatchError(f"sources ran different numbers of anchors: {counts}", "extract all sources on one anchor pool")
     choice = choose_source_layers(sources, names) if layers is None else None
-    chosen = layers if layers is not None else choice.layers
+    chosen = layers if layers is not None else choice.layers  # type: ignore[union-attr]  # choice set when layers is None
     projected, coords, labels, kernels, pos_z, neg_z, self_fidelity = [], [], [], [], [], [], []
     for source in sources:
         layer = chosen[source.info.name]

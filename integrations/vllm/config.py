@@ -90,10 +90,11 @@ class GuardConfig:
         history = _int_env(env, ENV_VERDICT_HISTORY, DEFAULT_VERDICT_HISTORY)
         if env.get(ENV_CAPTURE_LAYERS, "").strip():
             pooling = env.get(ENV_CAPTURE_POOLING, "last").strip() or "last"
-            if pooling not in ("last", "mean"):
+            if pooling != "last" and pooling != "mean":
                 raise AxisguardError(f"{ENV_CAPTURE_POOLING}={pooling!r} is not valid", "allowed: last, mean")
             layers = tuple(int(x) for x in env[ENV_CAPTURE_LAYERS].split(",") if x.strip())
-            return cls(mode="capture", capture_layers=layers, capture_pooling=pooling, verdict_history=history)
+            mode: Literal["last", "mean"] = "mean" if pooling == "mean" else "last"
+            return cls(mode="capture", capture_layers=layers, capture_pooling=mode, verdict_history=history)
         pack, policy = env.get(ENV_PACK, "").strip(), env.get(ENV_POLICY, "").strip()
         config_file = env.get(ENV_CONFIG, "").strip()
         if config_file:
