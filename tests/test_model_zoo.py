@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from axisguard_cli.main import cli
 from guard.errors import AxisguardError
 from integrations import model_pull, model_zoo
+from integrations.fingerprints import model_fingerprint
 from integrations.hf_loading import (
     decoder_layers,
     encode_prompts,
     format_prompt,
     load_model,
-    model_fingerprint,
     wrap_model,
 )
 from integrations.model_pull import pull

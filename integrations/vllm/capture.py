@@ -15,14 +15,12 @@ guard uses (``capture``). Prompts are tokenised with the transformers path's con
 as token ids, so both engines read identical tokens; each prompt then runs one prefill
 (``max_tokens=1``) and its pooled residual stream comes back from the worker.
 
-``fingerprint`` here is computed from the folder's files (config, tokenizer, sampled weight bytes),
-not from the loaded weights as the transformers path does: it identifies the model but is not
-equal to ``LoadedModel.fingerprint``.
+``fingerprint`` here is ``integrations.fingerprints.folder_fingerprint`` (from the folder's files,
+not the loaded weights): it identifies the model but is not equal to ``LoadedModel.fingerprint``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 
 from guard.errors import AxisguardError
 from integrations.environment import environment
+from integrations.fingerprints import folder_fingerprint
 from integrations.vllm.config import GuardConfig
 from integrations.vllm.engine import served_model_from_folder
 from integrations.vllm.row_mapping import StepRows
@@ -112,28 +111,6 @@ class CaptureConsumer:
 
 
 log = logging.getLogger(__name__)
-
-_FINGERPRINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-_SAMPLES_PER_FILE = 64
-_SAMPLE_BYTES = 64
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over config/tokenizer files and a strided byte sample of every weight file (cheap)."""
-    digest = hashlib.sha256(b"vllm-folder-v1")
-    for name in _FINGERPRINT_FILES:
-        path = folder / name
-        if path.is_file():
-            digest.update(name.encode() + path.read_bytes())
-    for path in sorted(folder.glob("*.safetensors")):
-        size = path.stat().st_size
-        digest.update(f"{path.name}|{size}|".encode())
-        with open(path, "rb") as handle:
-            for i in range(_SAMPLES_PER_FILE):
-                handle.seek(size * i // _SAMPLES_PER_FILE)
-                digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()
-
 
 def _default_engine_kwargs() -> dict[str, Any]:
     from vllm.platforms import current_platform
