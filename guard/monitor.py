@@ -12,6 +12,11 @@ Score kinds (see ``guard.policy``): ``prompt`` = z of the prompt's last token, j
 prompt completes; ``generation`` = EMA of generated tokens' z (the first token initialises it);
 ``token`` = count of generated tokens over the threshold (optionally in a sliding window, kept as a
 small ring of bits per rule).
+
+The state is typed (``SlotState``, one tensor per field; ``Accumulators`` for metrics). Callers read it
+only through the events API: ``take_fired`` (rules that fired, once each), ``unreported_flag`` (a
+device flag, no sync), ``steer_strength``, ``take_totals`` (metric sums for a flush) and ``snapshot``
+(one request's state on the host, for its verdict). The row contract lives in ``guard.rows``.
 """
 
 from __future__ import annotations
