@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml Makefile scripts/setup.sh
 demo: setup
 	$(BIN)/python -m scripts.demo
 
-test: setup
-	$(BIN)/ruff check guard probes integrations tests scripts
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# ruff, the import contract (guard <- probes <- integrations <- axisguard_cli) and the type checker.
 lint: setup
-	$(BIN)/ruff check guard probes integrations tests scripts
+	$(BIN)/ruff check guard probes integrations axisguard_cli tests scripts
+	$(BIN)/python -m tests.test_import_layers
+	$(BIN)/mypy
 
 # Regenerates probes/REPORT.md (catalogue quality gates on the three real models).
 report: setup

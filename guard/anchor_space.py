@@ -60,6 +60,7 @@ class AnchorSpace:
     def transform(self, hidden: np.ndarray) -> np.ndarray:
         """Points [n, d] -> ACS coordinates [n, N] (centred cosine to each anchor)."""
         basis = self._basis()
+        assert self.mean_ is not None  # set together with basis_
         coords = unit_rows(np.asarray(hidden, dtype=np.float64) - self.mean_) @ basis.T
         if self.standardise:
             coords = (coords - self.coord_mean_) / self.coord_std_

@@ -14,22 +14,10 @@ import numpy as np
 
 from guard import __version__
 from guard.axes import AxisSpec
+from guard.model_info import ModelInfo
 from guard.tensor_folder import read_folder, write_folder
 
 KIND = "canonical_bundle"
-
-
-@dataclass(frozen=True)
-class SourceModel:
-    """A model the bundle was calibrated on, and the layer its axes were read at."""
-
-    name: str
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    layer: int
-    chat_template: bool = True
-    fingerprint: str = ""
 
 
 @dataclass
@@ -48,7 +36,7 @@ class CanonicalBundle:
     acs_axes: np.ndarray
     anchors_sha256: str
     anchor_count: int
-    sources: list[SourceModel]
+    sources: list[ModelInfo]
     method: str = "mean_normalised_projected_diffmeans"
     probe_coef: np.ndarray | None = None
     probe_intercept: np.ndarray | None = None
@@ -90,7 +78,7 @@ class CanonicalBundle:
             acs_axes=tensors["acs_axes"],
             anchors_sha256=meta["anchors_sha256"],
             anchor_count=int(meta["anchor_count"]),
-            sources=[SourceModel(**s) for s in meta["sources"]],
+            sources=[ModelInfo(**s) for s in meta["sources"]],
             method=meta["method"],
             probe_coef=tensors.get("probe_coef"),
             probe_intercept=tensors.get("probe_intercept"),

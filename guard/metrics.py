@@ -50,7 +50,6 @@ SECONDS_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, INF,
 )
 ERROR_STAGES: tuple[str, ...] = ("start", "score", "policy", "steer", "metrics", "finish")
-OUTCOMES: tuple[str, ...] = ("clean", "flagged", "steered", "stopped")
 
 
 @dataclass
@@ -184,12 +183,6 @@ class GuardMetrics:
 
     def set_drift(self, value: float) -> None:
         self._f.drift.labels(self.model_name).set(value)
-
-    def exposition(self) -> bytes:
-        """Text exposition of this registry (see ``multiprocess_exposition`` for the shared directory)."""
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
 
 
 def multiprocess_exposition() -> bytes:

@@ -12,12 +12,18 @@ Score kinds (see ``guard.policy``): ``prompt`` = z of the prompt's last token, j
 prompt completes; ``generation`` = EMA of generated tokens' z (the first token initialises it);
 ``token`` = count of generated tokens over the threshold (optionally in a sliding window, kept as a
 small ring of bits per rule).
+
+The state is typed (``SlotState``, one tensor per field; ``Accumulators`` for metrics). Callers read it
+only through the events API: ``take_fired`` (rules that fired, once each), ``unreported_flag`` (a
+device flag, no sync), ``steer_strength``, ``take_totals`` (metric sums for a flush) and ``snapshot``
+(one request's state on the host, for its verdict). The row contract lives in ``guard.rows``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -25,87 +31,126 @@ import torch
 
 from guard.pack import AxisPack
 from guard.policy import ACTIONS, Policy, RequestOverrides, ResolvedRule
+from guard.rows import RowMap, StepIndex
 from guard.scoring import z_scores
 
-KIND_CODES = {"prompt": 0, "generation": 1, "token": 2}
+
+class ScoreKind(IntEnum):
+    """What a rule watches (see ``guard.policy``); stored per rule as a device tensor of these codes."""
+
+    PROMPT = 0
+    GENERATION = 1
+    TOKEN = 2
+
+
+KIND_CODES = {"prompt": ScoreKind.PROMPT, "generation": ScoreKind.GENERATION, "token": ScoreKind.TOKEN}
 ACTION_CODES = {name: i for i, name in enumerate(ACTIONS)}
 STEER = ACTION_CODES["steer"]
 FOREVER = 1 << 62
 
 
-@dataclass
-class RowMap:
-    """How one forward step's flat token rows map to requests.
+class SlotState:
+    """Every per-request tensor, one row per slot plus the trash slot (shapes in ``Monitor._spec``).
 
-    ``row_request[i]`` indexes ``request_ids`` for token row ``i`` (``-1``: a padding row, neither
-    scored nor steered). ``is_prompt[i]``: the row is a prompt (prefill) token, not a generated one.
-    ``prompt_complete[r]`` (optional, default: "has prompt rows in this step"): this step holds the
-    last prompt token of request ``r`` (False for a non-final chunk of a chunked prefill). Rows of one
-    request must be contiguous and in position order. Adapters should pass the same ``RowMap``
-    object to every layer of a step (per-step indices are derived once and cached on it).
+    K axes, n rules: scores ``prompt_z``/``last_z``/``ema``/``max_z`` [K]; counters ``prompt_tokens``,
+    ``gen_count``, ``over_axis`` [K], ``rule_over`` [n]; rule outcomes ``fired``/``reported``/
+    ``fired_value``/``fired_token`` [n]; steering ``steer_on``/``steer_left`` [n]; the request's rule
+    settings after overrides ``threshold``/``min_tokens``/``enabled``/``action``/``strength`` [n];
+    optional ``hist`` [n, window] (token-rule window bits) and ``traj`` [trajectory_tokens, K].
     """
 
-    request_ids: list[str]
-    row_request: torch.Tensor
-    is_prompt: torch.Tensor
-    prompt_complete: torch.Tensor | None = None
+    prompt_z: torch.Tensor
+    prompt_tokens: torch.Tensor
+    gen_count: torch.Tensor
+    last_z: torch.Tensor
+    ema: torch.Tensor
+    max_z: torch.Tensor
+    over_axis: torch.Tensor
+    rule_over: torch.Tensor
+    fired: torch.Tensor
+    reported: torch.Tensor
+    fired_value: torch.Tensor
+    fired_token: torch.Tensor
+    steer_on: torch.Tensor
+    steer_left: torch.Tensor
+    threshold: torch.Tensor
+    min_tokens: torch.Tensor
+    enabled: torch.Tensor
+    action: torch.Tensor
+    strength: torch.Tensor
+    hist: torch.Tensor
+    traj: torch.Tensor
 
-    @classmethod
-    def from_query_start_loc(
-        cls,
-        request_ids: Sequence[str],
-        query_start_loc: torch.Tensor | Sequence[int],
-        num_prompt_tokens: torch.Tensor | Sequence[int],
-        num_computed_tokens: torch.Tensor | Sequence[int],
-    ) -> RowMap:
-        """Rows of a flat (vLLM-style) batch: request ``r`` owns rows ``qsl[r]:qsl[r+1]``, which hold
-        positions ``num_computed[r] ...``; positions below ``num_prompt[r]`` are prompt tokens.
-        All inputs are host (CPU) values for the ``len(request_ids)`` requests of the step."""
-        n = len(request_ids)
-        qsl = torch.as_tensor(query_start_loc, dtype=torch.long).cpu()[: n + 1]
-        prompt = torch.as_tensor(num_prompt_tokens, dtype=torch.long).cpu()[:n]
-        computed = torch.as_tensor(num_computed_tokens, dtype=torch.long).cpu()[:n]
-        counts = qsl[1:] - qsl[:-1]
-        row_request = torch.repeat_interleave(torch.arange(n), counts)
-        offset_in_request = torch.arange(int(qsl[-1]) - int(qsl[0])) - (qsl[:-1] - qsl[0])[row_request]
-        position = computed[row_request] + offset_in_request
-        is_prompt = position < prompt[row_request]
-        complete = (computed < prompt) & (computed + counts >= prompt)
-        return cls(list(request_ids), row_request, is_prompt, complete)
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return list(vars(self).items())
 
-    @classmethod
-    def padded(cls, request_ids: Sequence[str], valid: torch.Tensor, is_prompt: bool) -> RowMap:
-        """Rows of a padded ``[B, t]`` batch flattened to ``B*t`` (HF): row ``(b, j)`` belongs to request
-        ``b`` where ``valid[b, j]`` (attention mask of this step's columns), else it is padding."""
-        valid = valid.bool().cpu()
-        batch, width = valid.shape
-        owner = torch.arange(batch).unsqueeze(1).expand(batch, width)
-        row_request = torch.where(valid, owner, torch.full_like(owner, -1)).reshape(-1)
-        return cls(
-            list(request_ids), row_request, torch.full((batch * width,), is_prompt),
-            torch.full((batch,), is_prompt),
-        )
+    def move_to(self, device: torch.device) -> None:
+        for name, tensor in self.items():
+            setattr(self, name, tensor.to(device))
 
 
 @dataclass
-class StepIndex:
-    """Per-step indices derived from a ``RowMap`` on the model's device (cached per RowMap)."""
+class SlotSnapshot:
+    """One slot's ``SlotState`` on the host, as Python lists/numbers (``hist``/``traj`` when kept)."""
 
-    num_requests: int
-    num_rows: int
-    req_slot: torch.Tensor  # [R] slot of each request
-    row_index: torch.Tensor  # [T] request index, R for padding rows
-    row_slot: torch.Tensor  # [T] slot of each row, the trash slot for padding rows
-    valid: torch.Tensor  # [T] bool
-    prompt_rows: torch.Tensor  # [T] bool
-    gen: torch.Tensor  # [T] bool
-    rank: torch.Tensor  # [T] rank of a generated row among its request's generated rows in this step
-    n_gen: torch.Tensor  # [R+1]
-    n_prompt: torch.Tensor  # [R]
-    last_prompt_row: torch.Tensor  # [R] (-1: none)
-    last_gen_row: torch.Tensor  # [R] (-1: none)
-    prompt_done_now: torch.Tensor  # [R] bool
-    steerable: torch.Tensor  # [T] bool: generated rows and the last prompt row of a completed prompt
+    prompt_z: list[float]
+    prompt_tokens: int
+    gen_count: int
+    last_z: list[float]
+    ema: list[float]
+    max_z: list[float]
+    over_axis: list[int]
+    rule_over: list[int]
+    fired: list[bool]
+    reported: list[bool]
+    fired_value: list[float]
+    fired_token: list[int]
+    steer_on: list[bool]
+    steer_left: list[int]
+    threshold: list[float]
+    min_tokens: list[int]
+    enabled: list[bool]
+    action: list[int]
+    strength: list[float]
+    hist: list[list[bool]] | None = None
+    traj: list[list[float]] | None = None
+
+
+@dataclass
+class Accumulators:
+    """Device-side metric sums since the last flush: z histogram ``buckets`` [K, B], ``sum`` [K],
+    ``sq`` (sum of squares, all axes), ``tokens`` [prompt, generation], ``steered`` [n]."""
+
+    buckets: torch.Tensor
+    sum: torch.Tensor
+    sq: torch.Tensor
+    tokens: torch.Tensor
+    steered: torch.Tensor
+
+    def move_to(self, device: torch.device) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name).to(device))
+
+
+@dataclass
+class MetricTotals:
+    """``Accumulators`` read back to the host for one Prometheus flush."""
+
+    buckets: list[list[float]]
+    sums: list[float]
+    squares: float
+    prompt_tokens: int
+    generated_tokens: int
+    steered: list[int]
+
+
+@dataclass(frozen=True)
+class FiredEvent:
+    """A rule that fired for the request in ``slot`` (reported to the host once)."""
+
+    slot: int
+    rule_index: int
+    action: str
 
 
 class Monitor:
@@ -144,7 +189,7 @@ class Monitor:
         )
         # Per-axis threshold for the verdict's "tokens_over": the lowest "above" rule threshold on the
         # axis, else half-way between the calibrated negative and positive means.
-        axis_thr = [(float(pack.pos_mean_z[i]) + float(pack.neg_mean_z[i])) / 2 for i in range(k)]
+        axis_thr = [pack.auto_threshold(i) for i in range(k)]
         for i in range(k):
             mine = [r.threshold for r in self.rules if r.axis_index == i and r.rule.direction == "above"]
             if mine:
@@ -187,7 +232,7 @@ class Monitor:
         if self.trajectory_tokens:
             self._spec["traj"] = ((self.trajectory_tokens, k), f32, nan)
         self.capacity = 0
-        self.state: dict[str, torch.Tensor] = {}
+        self.state = SlotState()
         self.free: list[int] = []
         self.version = 0  # bumped whenever slots change meaning (alloc, free, growth)
         self._grow(max(1, capacity))
@@ -210,8 +255,8 @@ class Monitor:
         for name in self._spec:
             fresh = self._fill(name, new_capacity + 1)  # + the trash slot
             if old:
-                fresh[:old] = self.state[name][:old]
-            self.state[name] = fresh
+                fresh[:old] = getattr(self.state, name)[:old]
+            setattr(self.state, name, fresh)
         self.free.extend(range(old, new_capacity))
         self.free.sort(reverse=True)
         self.capacity = new_capacity
@@ -230,9 +275,9 @@ class Monitor:
                     value = ACTION_CODES[value]
                 elif fld == "threshold":
                     value = resolve_threshold(resolved, value)
-                self.state[fld][slot, r] = value
+                getattr(self.state, fld)[slot, r] = value
         if not overrides.enabled:
-            self.state["enabled"][slot] = False
+            self.state.enabled[slot] = False
         self.version += 1
         return slot
 
@@ -249,8 +294,8 @@ class Monitor:
                      "rule_window", "rule_duration", "axis_threshold", "z_bounds"):
             setattr(self, name, getattr(self, name).to(device))
         self.defaults = {k: v.to(device) for k, v in self.defaults.items()}
-        self.state = {k: v.to(device) for k, v in self.state.items()}
-        self.acc = {k: v.to(device) for k, v in self.acc.items()}
+        self.state.move_to(device)
+        self.acc.move_to(device)
 
     # --- per-step indices --------------------------------------------------------------------------
 
@@ -322,11 +367,11 @@ class Monitor:
 
         # prompt: the last prompt token's score (provisional until the prompt completes)
         prompt_z = torch.where((ix.last_prompt_row >= 0).unsqueeze(1), z[ix.last_prompt_row.clamp_min(0)],
-                               st["prompt_z"][slots])
-        prompt_tokens = st["prompt_tokens"][slots] + ix.n_prompt
+                               st.prompt_z[slots])
+        prompt_tokens = st.prompt_tokens[slots] + ix.n_prompt
 
         # generation: EMA over the step's generated rows in order, in closed form
-        g_old = st["gen_count"][slots]
+        g_old = st.gen_count[slots]
         g_new = g_old + n_gen
         g_old_ext = torch.cat([g_old, g_old.new_ones(1)])
         decay = 1.0 - self.alpha
@@ -334,15 +379,15 @@ class Monitor:
         first_ever = gen & (ix.rank == 0) & (g_old_ext[idx] == 0)
         weight = torch.where(first_ever, decay**power, self.alpha * decay**power) * gen
         contrib = torch.zeros(n_req + 1, k, device=dev).index_add_(0, idx, weight.unsqueeze(1) * z)[:n_req]
-        ema_old = st["ema"][slots]
+        ema_old = st.ema[slots]
         carried = torch.where((g_old > 0).unsqueeze(1), ema_old * decay ** n_gen.to(z.dtype).unsqueeze(1), 0.0)
         ema = torch.where(has_gen.unsqueeze(1), carried + contrib, ema_old)
-        last_z = torch.where(has_gen.unsqueeze(1), z[ix.last_gen_row.clamp_min(0)], st["last_z"][slots])
+        last_z = torch.where(has_gen.unsqueeze(1), z[ix.last_gen_row.clamp_min(0)], st.last_z[slots])
         step_max = torch.full((n_req + 1, k), float("-inf"), device=dev).scatter_reduce_(
             0, idx.unsqueeze(1).expand(-1, k), torch.where(gen.unsqueeze(1), z, float("-inf")), "amax")[:n_req]
-        max_z = torch.maximum(st["max_z"][slots], step_max)
+        max_z = torch.maximum(st.max_z[slots], step_max)
         over = gen.unsqueeze(1) & (z > self.axis_threshold)
-        over_axis = st["over_axis"][slots] + torch.zeros(n_req + 1, k, dtype=torch.long, device=dev).index_add_(
+        over_axis = st.over_axis[slots] + torch.zeros(n_req + 1, k, dtype=torch.long, device=dev).index_add_(
             0, idx, over.long())[:n_req]
         updates = {"prompt_z": prompt_z, "prompt_tokens": prompt_tokens, "gen_count": g_new, "ema": ema,
                    "last_z": last_z, "max_z": max_z, "over_axis": over_axis}
@@ -350,14 +395,14 @@ class Monitor:
         if self.trajectory_tokens:
             pos = g_old_ext[idx] + ix.rank
             keep = gen & (pos < self.trajectory_tokens)
-            st["traj"][torch.where(keep, ix.row_slot, self.trash), torch.where(keep, pos, 0)] = z
+            st.traj[torch.where(keep, ix.row_slot, self.trash), torch.where(keep, pos, 0)] = z
 
         fired_now = torch.zeros(n_req, n, dtype=torch.bool, device=dev)
         row_steer = torch.zeros(rows, n, dtype=torch.bool, device=dev)
         if n:
             fired_now, row_steer = self._judge(z, ix, updates, g_old_ext)
         for name, value in updates.items():
-            st[name].index_copy_(0, slots, value)
+            getattr(st, name).index_copy_(0, slots, value)
         if self.collect_metrics:
             self._accumulate(z, ix)
         return fired_now, row_steer
@@ -368,21 +413,21 @@ class Monitor:
         slots, idx, gen = ix.req_slot, ix.row_index, ix.gen
         n_gen = ix.n_gen[:n_req]
         sign, axis = self.rule_sign, self.rule_axis
-        thr = st["threshold"][slots]
-        min_tokens = st["min_tokens"][slots]
+        thr = st.threshold[slots]
+        min_tokens = st.min_tokens[slots]
         g_new = upd["gen_count"]
 
         # token rules: generated rows over their request's threshold, counted per request
         z_rule = z[:, axis]
-        over_rows = gen.unsqueeze(1) & (sign * (z_rule - st["threshold"][ix.row_slot]) > 0)
-        rule_over = st["rule_over"][slots] + torch.zeros(n_req + 1, n, dtype=torch.long, device=dev).index_add_(
+        over_rows = gen.unsqueeze(1) & (sign * (z_rule - st.threshold[ix.row_slot]) > 0)
+        rule_over = st.rule_over[slots] + torch.zeros(n_req + 1, n, dtype=torch.long, device=dev).index_add_(
             0, idx, over_rows.long())[:n_req]
         upd["rule_over"] = rule_over
         token_count = rule_over
         if self.window:
             w = self.window
             pos = (g_old_ext[idx] + ix.rank) % w
-            hist = st["hist"]
+            hist = st.hist
             hist[torch.where(gen, ix.row_slot, self.trash), :, torch.where(gen, pos, 0)] = over_rows
             ages = (g_new.unsqueeze(1) - 1 - torch.arange(w, device=dev)) % w  # [R, W]
             in_window = (ages.unsqueeze(1) < self.rule_window.view(1, n, 1)) & (ages < g_new.unsqueeze(1)).unsqueeze(1)
@@ -397,19 +442,19 @@ class Monitor:
         gen_ok = stepped & (g_new.unsqueeze(1) >= min_tokens) & (sign * (ema_v - thr) > 0)
         token_ok = stepped & (token_count >= min_tokens)
         kind = self.rule_kind
-        cond = torch.where(kind == 0, prompt_ok, torch.where(kind == 1, gen_ok, token_ok))
-        fired_old = st["fired"][slots]
-        fired_now = cond & st["enabled"][slots] & ~fired_old
-        value = torch.where(kind == 0, prompt_v, torch.where(kind == 1, ema_v, last_v))
-        token = torch.where(kind == 0, (upd["prompt_tokens"] - 1).unsqueeze(1), (g_new - 1).unsqueeze(1))
+        cond = torch.where(kind == ScoreKind.PROMPT, prompt_ok, torch.where(kind == ScoreKind.GENERATION, gen_ok, token_ok))
+        fired_old = st.fired[slots]
+        fired_now = cond & st.enabled[slots] & ~fired_old
+        value = torch.where(kind == ScoreKind.PROMPT, prompt_v, torch.where(kind == ScoreKind.GENERATION, ema_v, last_v))
+        token = torch.where(kind == ScoreKind.PROMPT, (upd["prompt_tokens"] - 1).unsqueeze(1), (g_new - 1).unsqueeze(1))
         upd["fired"] = fired_old | fired_now
-        upd["fired_value"] = torch.where(fired_now, value, st["fired_value"][slots])
-        upd["fired_token"] = torch.where(fired_now, token, st["fired_token"][slots])
+        upd["fired_value"] = torch.where(fired_now, value, st.fired_value[slots])
+        upd["fired_token"] = torch.where(fired_now, token, st.fired_token[slots])
 
         # steering: on from the firing step, for `duration` generated tokens
-        steer_fire = fired_now & (st["action"][slots] == STEER)
-        steer_on = st["steer_on"][slots] | steer_fire
-        steer_left = torch.where(steer_fire, self.rule_duration, st["steer_left"][slots])
+        steer_fire = fired_now & (st.action[slots] == STEER)
+        steer_on = st.steer_on[slots] | steer_fire
+        steer_left = torch.where(steer_fire, self.rule_duration, st.steer_left[slots])
         steer_ext = torch.cat([steer_on, steer_on.new_zeros(1, n)])
         row_steer = steer_ext[idx] & ix.steerable.unsqueeze(1)
         steer_left = steer_left - torch.where(steer_on, n_gen.unsqueeze(1), 0)
@@ -419,7 +464,7 @@ class Monitor:
 
     def rows_to_steer(self, ix: StepIndex) -> torch.Tensor:
         """[T, n] rows to steer at layers *below* the score layer (state as of the previous step)."""
-        return self.state["steer_on"][ix.row_slot] & ix.steerable.unsqueeze(1)
+        return self.state.steer_on[ix.row_slot] & ix.steerable.unsqueeze(1)
 
     # --- metric accumulators (flushed to Prometheus in bulk) ----------------------------------------
 
@@ -432,32 +477,65 @@ class Monitor:
     def reset_accumulators(self) -> None:
         k, n, dev = self.num_axes, self.num_rules, self.device
         buckets = self.z_bounds.numel() + 1
-        self.acc = {
-            "buckets": torch.zeros(k, buckets, device=dev),
-            "sum": torch.zeros(k, device=dev),
-            "sq": torch.zeros((), device=dev),
-            "tokens": torch.zeros(2, dtype=torch.long, device=dev),  # prompt, generation
-            "steered": torch.zeros(n, dtype=torch.long, device=dev),
-        }
+        self.acc = Accumulators(
+            buckets=torch.zeros(k, buckets, device=dev),
+            sum=torch.zeros(k, device=dev),
+            sq=torch.zeros((), device=dev),
+            tokens=torch.zeros(2, dtype=torch.long, device=dev),  # prompt, generation
+            steered=torch.zeros(n, dtype=torch.long, device=dev),
+        )
 
     def _accumulate(self, z: torch.Tensor, ix: StepIndex) -> None:
         acc = self.acc
         valid = ix.valid.unsqueeze(1).to(z.dtype)
         clean = torch.nan_to_num(z, nan=0.0, posinf=1e6, neginf=-1e6) * valid
-        k, buckets = acc["buckets"].shape
+        k, buckets = acc.buckets.shape
         bucket = torch.bucketize(clean, self.z_bounds)
         flat = (bucket + torch.arange(k, device=z.device) * buckets).reshape(-1)
-        acc["buckets"].view(-1).index_add_(0, flat, valid.expand_as(z).reshape(-1))
-        acc["sum"] += clean.sum(0)
-        acc["sq"] += clean.pow(2).sum()
-        acc["tokens"] += torch.stack([ix.prompt_rows.sum(), ix.gen.sum()])
+        acc.buckets.view(-1).index_add_(0, flat, valid.expand_as(z).reshape(-1))
+        acc.sum += clean.sum(0)
+        acc.sq += clean.pow(2).sum()
+        acc.tokens += torch.stack([ix.prompt_rows.sum(), ix.gen.sum()])
 
     def count_steered(self, rule_index: int, mask: torch.Tensor) -> None:
         if self.collect_metrics:
-            self.acc["steered"][rule_index] += mask.sum()
+            self.acc.steered[rule_index] += mask.sum()
 
     # --- reading state back (host) -------------------------------------------------------------------
 
-    def snapshot(self, slot: int) -> dict[str, list]:
+    def snapshot(self, slot: int) -> SlotSnapshot:
         """One slot's state on the host (a device sync; used for verdicts, not per step)."""
-        return {name: tensor[slot].tolist() for name, tensor in self.state.items()}
+        values: dict[str, Any] = {name: tensor[slot].tolist() for name, tensor in self.state.items()}
+        return SlotSnapshot(**values)
+
+    # --- events and totals for the host (the runtime reads the monitor only through these) -----------
+
+    def unreported_flag(self) -> torch.Tensor:
+        """A device bool: has any rule fired that ``take_fired`` has not returned yet (no sync)."""
+        cap = self.capacity
+        return (self.state.fired[:cap] & ~self.state.reported[:cap]).any()
+
+    def take_fired(self) -> list[FiredEvent]:
+        """Rules that fired since the last call, once each (a device sync when there are any)."""
+        st, cap = self.state, self.capacity
+        where = (st.fired[:cap] & ~st.reported[:cap]).nonzero()
+        if where.numel() == 0:
+            return []
+        slots, rules = where[:, 0], where[:, 1]
+        actions = st.action[slots, rules]
+        st.reported[slots, rules] = True
+        return [FiredEvent(slot, rule, ACTIONS[a])
+                for slot, rule, a in zip(slots.tolist(), rules.tolist(), actions.tolist(), strict=True)]
+
+    def steer_strength(self, ix: StepIndex) -> torch.Tensor:
+        """[T, n] each row's per-rule steering strength (the request's overrides applied)."""
+        return self.state.strength[ix.row_slot]
+
+    def take_totals(self) -> MetricTotals:
+        """The metric accumulators on the host (one device sync), then reset."""
+        acc = self.acc
+        totals = MetricTotals(buckets=acc.buckets.tolist(), sums=acc.sum.tolist(), squares=float(acc.sq),
+                              prompt_tokens=int(acc.tokens[0]), generated_tokens=int(acc.tokens[1]),
+                              steered=acc.steered.tolist())
+        self.reset_accumulators()
+        return totals

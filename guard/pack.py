@@ -21,22 +21,10 @@ import numpy as np
 from guard import __version__
 from guard.axes import AxisSpec
 from guard.errors import MismatchError
+from guard.model_info import ModelInfo
 from guard.tensor_folder import read_folder, write_folder
 
 KIND = "axis_pack"
-
-
-@dataclass(frozen=True)
-class TargetModel:
-    """The model a pack was built for; checked against the served model before serving."""
-
-    name: str
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    layer: int
-    chat_template: bool = True
-    fingerprint: str = ""
 
 
 @dataclass
@@ -48,7 +36,7 @@ class AxisPack:
     steering pulls a triggered request to ``neg_mean_z`` (the safe side).
     """
 
-    model: TargetModel
+    model: ModelInfo
     axes: list[AxisSpec]
     vectors: np.ndarray
     anchor_mean: np.ndarray
@@ -70,6 +58,10 @@ class AxisPack:
     @property
     def layer(self) -> int:
         return self.model.layer
+
+    def auto_threshold(self, k: int) -> float:
+        """The ``auto`` threshold of axis ``k``: half-way between the calibrated negative and positive means."""
+        return float((self.pos_mean_z[k] + self.neg_mean_z[k]) / 2.0)
 
     def axis_index(self, name: str) -> int:
         try:
@@ -125,7 +117,7 @@ class AxisPack:
     def load(cls, path: str | Path) -> AxisPack:
         meta, t = read_folder(path, KIND)
         pack = cls(
-            model=TargetModel(**meta["model"]),
+            model=ModelInfo(**meta["model"]),
             axes=[AxisSpec.from_json(a) for a in meta["axes"]],
             vectors=t["vectors"],
             anchor_mean=t["anchor_mean"],

@@ -30,7 +30,6 @@ import logging
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,10 +199,6 @@ class Policy(BaseModel):
                 "fix the fields named above; `axisguard policy check FILE --pack PACK` re-checks it",
             ) from None
 
-    @classmethod
-    def load(cls, path: str | Path) -> Policy:
-        return load_policy(path)
-
 
 def load_policy(path: str | Path) -> Policy:
     """Read a policy from a YAML (``.yaml``/``.yml``) or JSON file; errors name the field and value."""
@@ -220,14 +215,13 @@ def load_policy(path: str | Path) -> Policy:
     return Policy.from_mapping(data, source=str(path))
 
 
-DEFAULT_POLICY_RESOURCE = ("probes", "catalogue/default_policy.yaml")
-
-
-def default_policy() -> Policy:
-    """The policy shipped with the built-in catalogue (``probes/catalogue/default_policy.yaml``)."""
-    package, name = DEFAULT_POLICY_RESOURCE
-    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
-    return Policy.from_mapping(yaml.safe_load(text), source=f"{package}/{name}")
+def policy_from_text(text: str, source: str) -> Policy:
+    """A policy from YAML (JSON is YAML too) text; ``source`` names it in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise AxisguardError(f"{source}: not valid YAML: {exc}", "fix the syntax at the position shown") from None
+    return Policy.from_mapping(data, source=source)
 
 
 # --- validation messages ---------------------------------------------------------------------------
@@ -290,9 +284,6 @@ class RequestOverrides:
 
     enabled: bool = True
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def is_empty(self) -> bool:
-        return self.enabled and not self.rules
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -413,10 +404,6 @@ class PolicyCheck:
         return not self.errors
 
 
-def _auto_threshold(pack: AxisPack, k: int) -> float:
-    return float((pack.pos_mean_z[k] + pack.neg_mean_z[k]) / 2.0)
-
-
 def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
     """Bind every rule to the pack; report unknown axes, bad layers and thresholds that cannot work."""
     check = PolicyCheck()
@@ -435,7 +422,7 @@ def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
                 check.skipped.append(rule.name)
             continue
         k = names.index(rule.axis)
-        threshold = _auto_threshold(pack, k) if rule.threshold == "auto" else float(rule.threshold)
+        threshold = pack.auto_threshold(k) if rule.threshold == "auto" else float(rule.threshold)
         resolved = ResolvedRule(rule=rule, index=len(check.resolved), axis_index=k, threshold=threshold)
         pos, neg = float(pack.pos_mean_z[k]), float(pack.neg_mean_z[k])
         if rule.direction == "above" and threshold > max(pos, neg) + 4.0:
@@ -470,4 +457,17 @@ def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
         check.resolved.append(resolved)
     for message in check.warnings:
         log.debug("policy %s: %s", policy.name, message)
+    return check
+
+
+def require_runnable(policy: Policy, pack: AxisPack, where: str = "") -> PolicyCheck:
+    """``check_against_pack``, raising when the guard would refuse the policy (``where``: the pack's path)."""
+    check = check_against_pack(policy, pack)
+    if not check.ok:
+        where = where or str(pack.model.name)
+        raise AxisguardError(
+            f"policy {policy.name!r} cannot run on the pack for {pack.model.name} ({where}):\n"
+            + "\n".join(f"  - {e}" for e in check.errors),
+            f"fix the policy, or check it with `axisguard policy check POLICY --pack {where}`",
+        )
     return check

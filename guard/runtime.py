@@ -33,47 +33,22 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from guard.errors import AxisguardError
 from guard.metrics import GuardMetrics
-from guard.monitor import Monitor, RowMap, StepIndex
+from guard.monitor import Monitor
 from guard.pack import AxisPack
-from guard.policy import ACTIONS, Policy, ResolvedRule, check_against_pack, resolve_overrides
+from guard.policy import Policy, ResolvedRule, require_runnable, resolve_overrides
+from guard.rows import RowMap, StepIndex
 from guard.steering import SteerOp, z_to_cosine
+from guard.verdict import Verdict, assemble_verdict
 
-__all__ = ["Guard", "RowMap", "Verdict"]
+__all__ = ["Guard", "RowMap", "Verdict"]  # what adapters import from here
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Verdict:
-    """What the guard saw and did for one request (JSON-able via ``to_json``)."""
-
-    request_id: str
-    scores: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-    fired: list[dict[str, Any]] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    steered: bool = False
-    stopped: bool = False
-    errors: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    trajectory: dict[str, list[float | None]] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "request_id": self.request_id, "scores": self.scores, "fired": self.fired, "actions": self.actions,
-            "steered": self.steered, "stopped": self.stopped, "errors": self.errors,
-            "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
-        }
-        if self.trajectory is not None:
-            out["trajectory"] = self.trajectory
-        return out
 
 
 @dataclass
@@ -83,10 +58,6 @@ class _Request:
     error_stop: bool = False
     steering: bool = False
     errors: int = 0
-
-
-def _num(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 class Guard:
@@ -104,13 +75,7 @@ class Guard:
         metrics_interval_s: float = 1.0,
         defer_events: bool | None = None,
     ) -> None:
-        check = check_against_pack(policy, pack)
-        if not check.ok:
-            raise AxisguardError(
-                f"policy {policy.name!r} cannot run on the pack for {pack.model.name}:\n"
-                + "\n".join(f"  - {e}" for e in check.errors),
-                "fix the policy, or check it with `axisguard policy check FILE --pack PACK`",
-            )
+        check = require_runnable(policy, pack)
         for warning in check.warnings:
             log.warning("axisguard policy %r: %s", policy.name, warning)
         self.pack = pack
@@ -159,8 +124,9 @@ class Guard:
         for r in self._steer_rules:
             steer = r.rule.steer
             k = r.steer_axis_index
+            assert steer is not None and k is not None  # _steer_rules holds steer rules only
             target = None
-            if steer.method == "clamp":
+            if steer.method == "clamp" and r.clamp_target_z is not None:
                 target = float(z_to_cosine(r.clamp_target_z, m.offset[k].item(), m.scale[k].item()))
             self._ops[r.index] = SteerOp(
                 method=steer.method, direction=m.vectors[k].to(device), strength=steer.strength,
@@ -177,8 +143,7 @@ class Guard:
 
     def _resolve_threshold(self, resolved: ResolvedRule, value: float | str) -> float:
         if value == "auto":
-            k = resolved.axis_index
-            return float((self.pack.pos_mean_z[k] + self.pack.neg_mean_z[k]) / 2)
+            return self.pack.auto_threshold(resolved.axis_index)
         return float(value)
 
     # --- request lifecycle -------------------------------------------------------------------------
@@ -304,8 +269,7 @@ class Guard:
         self._steps_since_flush += 1
         if self.rules:
             if self._defer:
-                st = self.monitor.state
-                pending = (st["fired"][: self.monitor.capacity] & ~st["reported"][: self.monitor.capacity]).any()
+                pending = self.monitor.unreported_flag()
                 self._flag_host.copy_(pending.reshape(1), non_blocking=True)
                 if self.monitor.device.type == "cuda":
                     self._flag_event = torch.cuda.Event()
@@ -329,7 +293,7 @@ class Guard:
         else:
             active = self.monitor.rows_to_steer(ix)
         h = h32 if h32 is not None else flat.float()
-        strength = self.monitor.state["strength"][ix.row_slot]
+        strength = self.monitor.steer_strength(ix)
         delta = None
         for r in rule_ids:
             mask = active[:, r]
@@ -337,7 +301,7 @@ class Guard:
             delta = d if delta is None else delta + d
             if layer == self._first_steer_layer[r]:
                 self.monitor.count_steered(r, mask)
-        return delta.to(flat.dtype)
+        return None if delta is None else delta.to(flat.dtype)
 
     def _may_steer(self, rows: RowMap, layer: int) -> bool:
         """Host-side shortcut: skip steering work when no request of this step can be steered."""
@@ -363,26 +327,17 @@ class Guard:
 
     def _drain(self) -> None:
         """Read newly fired rules back to the host: stops, steering flags, action counters."""
-        st, cap = self.monitor.state, self.monitor.capacity
-        new = st["fired"][:cap] & ~st["reported"][:cap]
-        where = new.nonzero()
-        if where.numel() == 0:
-            return
-        slots, rules = where[:, 0], where[:, 1]
-        actions = st["action"][slots, rules]
-        st["reported"][slots, rules] = True
-        for slot, r, a in zip(slots.tolist(), rules.tolist(), actions.tolist(), strict=True):
-            request_id = self._slot_owner.get(slot)
+        for event in self.monitor.take_fired():
+            request_id = self._slot_owner.get(event.slot)
             if request_id is None:
                 continue
             req = self._requests[request_id]
-            action = ACTIONS[a]
-            if action == "stop":
+            if event.action == "stop":
                 req.stopped = True
-            elif action == "steer":
+            elif event.action == "steer":
                 req.steering = True
             if self.metrics is not None:
-                self.metrics.inc_action(self.pack.axis_names[self.rules[r].axis_index], action)
+                self.metrics.inc_action(self.pack.axis_names[self.rules[event.rule_index].axis_index], event.action)
 
     def record_error(self, stage: str, exc: BaseException, request_ids: Any = ()) -> None:
         """For adapters: count and handle an exception raised in their own glue code exactly like one
@@ -419,22 +374,20 @@ class Guard:
         if self.metrics is None:
             return
         try:
-            m = self.monitor
-            acc = {name: value.tolist() for name, value in m.acc.items()}
-            m.reset_accumulators()
-            for i, axis in enumerate(m.axis_names):
-                if any(acc["buckets"][i]):
-                    self.metrics.observe_scores(axis, acc["buckets"][i], acc["sum"][i])
-            prompt_tokens, gen_tokens = acc["tokens"]
-            self.metrics.inc_tokens("prompt", prompt_tokens)
-            self.metrics.inc_tokens("generation", gen_tokens)
+            totals = self.monitor.take_totals()
+            for i, axis in enumerate(self.monitor.axis_names):
+                if any(totals.buckets[i]):
+                    self.metrics.observe_scores(axis, totals.buckets[i], totals.sums[i])
+            self.metrics.inc_tokens("prompt", totals.prompt_tokens)
+            self.metrics.inc_tokens("generation", totals.generated_tokens)
             for r in self._steer_rules:
+                assert r.rule.steer is not None and r.steer_axis_index is not None
                 self.metrics.inc_steered_tokens(
-                    self.pack.axis_names[r.steer_axis_index], r.rule.steer.method, acc["steered"][r.index]
+                    self.pack.axis_names[r.steer_axis_index], r.rule.steer.method, totals.steered[r.index]
                 )
-            scored = prompt_tokens + gen_tokens
+            scored = totals.prompt_tokens + totals.generated_tokens
             if scored:
-                self.metrics.set_drift(math.sqrt(acc["sq"] / (scored * m.num_axes)))
+                self.metrics.set_drift(math.sqrt(totals.squares / (scored * self.monitor.num_axes)))
         except Exception as exc:
             self._on_error("metrics", exc, [])
         finally:
@@ -446,39 +399,7 @@ class Guard:
     def _verdict(self, request_id: str) -> Verdict:
         self._drain()
         req = self._requests[request_id]
-        snap = self.monitor.snapshot(req.slot)
-        scores = {}
-        for i, axis in enumerate(self.monitor.axis_names):
-            scores[axis] = {
-                "prompt": _num(snap["prompt_z"][i]), "last": _num(snap["last_z"][i]), "ema": _num(snap["ema"][i]),
-                "max": _num(snap["max_z"][i]), "tokens_over": int(snap["over_axis"][i]),
-            }
-        fired = []
-        for r, resolved in enumerate(self.rules):
-            if not snap["fired"][r]:
-                continue
-            fired.append({
-                "rule": resolved.rule.name, "axis": self.pack.axis_names[resolved.axis_index],
-                "action": ACTIONS[snap["action"][r]], "score": _num(snap["fired_value"][r]),
-                "threshold": _num(snap["threshold"][r]),
-                "phase": "prompt" if resolved.rule.score == "prompt" else "generation",
-                "token_index": int(snap["fired_token"][r]),
-            })
-        fired.sort(key=lambda f: (f["phase"] != "prompt", f["token_index"]))
-        taken = {f["action"] for f in fired} - {"observe"}
-        if req.error_stop:
-            taken.add("stop")
-        trajectory = None
-        if self.monitor.trajectory_tokens:
-            n = min(int(snap["gen_count"]), self.monitor.trajectory_tokens)
-            trajectory = {axis: [_num(snap["traj"][t][i]) for t in range(n)]
-                          for i, axis in enumerate(self.monitor.axis_names)}
-        return Verdict(
-            request_id=request_id, scores=scores, fired=fired,
-            actions=[a for a in ACTIONS if a in taken],
-            steered=any(f["action"] == "steer" for f in fired),
-            stopped=req.stopped or any(f["action"] == "stop" for f in fired),
-            errors=req.errors, prompt_tokens=int(snap["prompt_tokens"]),
-            generated_tokens=int(snap["gen_count"]), trajectory=trajectory,
+        return assemble_verdict(
+            request_id, self.monitor.snapshot(req.slot), self.rules, self.monitor.axis_names,
+            self.monitor.trajectory_tokens, stopped=req.stopped, error_stop=req.error_stop, errors=req.errors,
         )
-

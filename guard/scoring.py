@@ -31,3 +31,19 @@ def anchor_score_stats(anchor_acts: np.ndarray, vectors: np.ndarray) -> tuple[np
     mean = anchor_acts.mean(axis=0)
     cos = centred_cosines(anchor_acts.astype(np.float64), mean, vectors.astype(np.float64))
     return cos.mean(axis=0), np.maximum(cos.std(axis=0), 1e-6)
+
+
+class AnchorZScorer:
+    """The z normalisation as one object: ``fit(anchors)`` on a model's own anchor activations at one
+    layer, then ``transform(h)`` gives the axes' z-scores [T, K] of any hidden states there (float64)."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def fit(self, anchors: np.ndarray) -> AnchorZScorer:
+        self.mean_ = anchors.mean(axis=0)
+        self.offset_, self.scale_ = anchor_score_stats(anchors, self.vectors)
+        return self
+
+    def transform(self, hidden: np.ndarray) -> np.ndarray:
+        return z_scores(hidden.astype(np.float64), self.mean_, self.vectors, self.offset_, self.scale_)

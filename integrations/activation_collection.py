@@ -7,11 +7,13 @@ batching is efficient and the activation cache is hit per prompt.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from guard.errors import AxisguardError
-from probes.activations import ModelActivations, ModelInfo, grid_layers
+from guard.model_info import ModelInfo
+from probes.activations import ModelActivations, grid_layers
 from probes.catalogue import Catalogue
 
 
@@ -40,10 +42,10 @@ def collect_activations(
 ) -> ModelActivations:
     """Run ``model_spec`` on the catalogue's prompts at ``layers`` (default: the depth grid)."""
     if engine == "vllm":
-        from integrations.vllm.extraction import VllmExtractor
+        from integrations.vllm.capture import VllmExtractor
 
         extractor = VllmExtractor(model_spec, use_chat_template=use_chat_template)
-        info_src = extractor
+        info_src: Any = extractor
     else:
         from integrations.activation_cache import ActivationCache
         from integrations.hf_extraction import extract_activations
@@ -52,8 +54,8 @@ def collect_activations(
         loaded = load_model(model_spec)
         info_src = loaded
     template = info_src.use_chat_template if use_chat_template is None else use_chat_template
-    info = ModelInfo(info_src.name, info_src.architecture, info_src.hidden_size, info_src.num_layers, template,
-                     info_src.fingerprint)
+    info = ModelInfo(info_src.name, info_src.architecture, info_src.hidden_size, info_src.num_layers,
+                     chat_template=template, fingerprint=info_src.fingerprint)
     chosen = list(layers) if layers is not None else grid_layers(info.num_layers)
     bad = [layer for layer in chosen if not 0 <= layer < info.num_layers]
     if bad:

@@ -14,7 +14,7 @@ index -1 (the last real token of every row) and "mean" averages over real tokens
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from guard.errors import AxisguardError
 from integrations.activation_cache import ActivationCache, CacheKey, prompt_hash
-from integrations.hf_loading import LoadedModel, decoder_layers, format_prompt, uses_chat_template
+from integrations.hf_loading import LoadedModel, decoder_layers, format_prompt, left_pad, uses_chat_template
 
 Pooling = Literal["last", "mean"]
 POOLINGS = ("last", "mean")
@@ -55,12 +55,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+    ids, mask = left_pad(rows, pad_id)
     # Positions start at 0 on each row's first real token, as if the row were alone.
     positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
     return ids.to(device), mask.to(device), positions.to(device)
@@ -86,7 +81,7 @@ def _forward_pooled(
 
     def make_hook(layer: int):
         def hook(module: torch.nn.Module, args: object, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
+            hidden: Any = output[0] if isinstance(output, tuple) else output
             captured[layer] = _pool(hidden, current_mask[0], pooling)
             if layer == deepest:
                 raise _StopForward
@@ -175,7 +170,8 @@ def extract_activations(
 
 
 def _check_lengths(loaded: LoadedModel, token_ids: list[list[int]], prompts: Sequence[str]) -> None:
-    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    limit = getattr(loaded.model.config.get_text_config(),  # type: ignore[union-attr,operator]
+                    "max_position_embeddings", None)
     for ids, prompt in zip(token_ids, prompts, strict=True):
         if not ids:
             raise AxisguardError(f"prompt {prompt!r} tokenises to nothing", "drop empty prompts")

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from guard.runtime import Guard, RowMap
-from integrations.hf_loading import LoadedModel, decoder_layers, encode_prompts
+from guard.rows import RowMap
+from guard.runtime import Guard
+from integrations.hf_loading import LoadedModel, decoder_layers, encode_prompts, left_pad
 
 
-class GuardSession:
+class GenerateSession:
     """Per-``generate`` bookkeeping shared by the hooks of ``apply``."""
 
     def __init__(self, guard: Guard, model: nn.Module) -> None:
@@ -70,8 +71,8 @@ class GuardSession:
 
     def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         try:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            embeds = kwargs.get("inputs_embeds")
+            ids: Any = kwargs.get("input_ids", args[0] if args else None)
+            embeds: Any = kwargs.get("inputs_embeds")
             shape = ids.shape if ids is not None else embeds.shape[:2]
             self.rows = self._rows_for(kwargs.get("attention_mask"), int(shape[0]), int(shape[1]))
         except Exception as exc:
@@ -98,10 +99,10 @@ class GuardSession:
 
 
 @contextlib.contextmanager
-def apply(model: nn.Module, guard: Guard) -> Iterator[GuardSession]:
+def apply(model: nn.Module, guard: Guard) -> Iterator[GenerateSession]:
     """Hook ``guard`` into ``model`` for the duration of the block; yields the session that
     ``guarded_generate`` (or your own loop: ``session.begin(ids)`` before each generate) drives."""
-    session = GuardSession(guard, model)
+    session = GenerateSession(guard, model)
     layers = decoder_layers(model)
     handles = [model.register_forward_pre_hook(session.pre_forward, with_kwargs=True)]
     try:
@@ -117,7 +118,7 @@ def apply(model: nn.Module, guard: Guard) -> Iterator[GuardSession]:
 class _StopRows:
     """Logits processor: rows whose request the guard stopped can only emit EOS."""
 
-    def __init__(self, session: GuardSession, eos_id: int) -> None:
+    def __init__(self, session: GenerateSession, eos_id: int) -> None:
         self.session = session
         self.eos_id = eos_id
 
@@ -137,7 +138,7 @@ class _StopRows:
 class _TrackFinished:
     """Stopping criterion that stops nothing: it records rows that emitted EOS (HF pads them after)."""
 
-    def __init__(self, session: GuardSession, eos_ids: Sequence[int]) -> None:
+    def __init__(self, session: GenerateSession, eos_ids: Sequence[int]) -> None:
         self.session = session
         self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
 
@@ -169,16 +170,6 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
-
-
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for b, ids in enumerate(batch):  # a loop over prompts, once per batch
-        input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[b, width - len(ids):] = 1
-    return input_ids, mask
 
 
 def guarded_generate(
@@ -223,9 +214,9 @@ def guarded_generate(
         session = stack.enter_context(apply(model, guard)) if guard is not None else None
         for start in range(0, len(prompts), batch_size):
             chunk = range(start, min(start + batch_size, len(prompts)))
-            input_ids, mask = _left_pad([encoded[i] for i in chunk], pad_id)
+            input_ids, mask = left_pad([encoded[i] for i in chunk], pad_id)
             extra: dict[str, Any] = {}
-            if session is not None:
+            if session is not None and guard is not None:
                 for i in chunk:
                     guard.start_request(ids[i], per_request[i])
                 session.begin([ids[i] for i in chunk])
@@ -234,7 +225,7 @@ def guarded_generate(
                     "stopping_criteria": StoppingCriteriaList([_TrackFinished(session, eos_ids)]),
                 }
             with torch.inference_mode():
-                generated = model.generate(
+                generated = model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), **settings, **extra
                 )
             new_tokens = generated[:, input_ids.shape[1]:].cpu()

@@ -9,8 +9,6 @@ models that need a BOS, like Gemma, get it). ``encode_prompts`` does exactly tha
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,13 @@ from torch import nn
 
 from guard.errors import AxisguardError
 from integrations.decoder_layers import decoder_layers
-from integrations.model_zoo import ResolvedModel, resolve_model
+from integrations.fingerprints import model_fingerprint
+from integrations.model_resolution import ResolvedModel, resolve_model
 
 # Where the decoder blocks live, per family: Llama, Qwen2, Gemma3 (text), Mistral and Phi3 all use
 # ``model.model.layers``; multimodal wrappers nest the text model one level deeper.
 
 # Config keys that describe how a model was saved or loaded rather than what it computes.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
-_SAMPLES_PER_TENSOR = 256
 
 
 @dataclass
@@ -87,29 +84,15 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], use_chat_template: bool
     return tokenizer(formatted, add_special_tokens=not templated, padding=False)["input_ids"]
 
 
-def _config_digest(config: Any) -> bytes:
-    body = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
-    return json.dumps(body, sort_keys=True, default=str).encode()
-
-
-def model_fingerprint(model: nn.Module, tokenizer: Any) -> str:
-    """sha256 over the config, a strided sample of every weight tensor, and the tokenizer.
-
-    Cheap (a few hundred values per tensor, no full pass over the weights) yet it changes when
-    the weights are retrained or re-initialised, when the dtype changes, or when tokenisation
-    changes. It is the same for a model built in memory and the same model reloaded from disk.
-    """
-    digest = hashlib.sha256(_config_digest(model.config))
-    with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
-            sample = flat[::step][:_SAMPLES_PER_TENSOR].to(torch.float64).cpu().numpy()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            digest.update(sample.tobytes())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    return digest.hexdigest()
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded batch: ``(input_ids, attention_mask)``, both [B, max_len]."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # a loop over prompts, once per batch
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
 
 
 def wrap_model(
@@ -122,7 +105,7 @@ def wrap_model(
     """Build a ``LoadedModel`` around objects already in memory (tiny test models, notebooks)."""
     model.eval()
     prepare_tokenizer(tokenizer)
-    config = model.config.get_text_config()
+    config = model.config.get_text_config()  # type: ignore[union-attr,operator]
     layers = decoder_layers(model)
     if len(layers) != config.num_hidden_layers:
         raise AxisguardError(

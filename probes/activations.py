@@ -10,22 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from guard.model_info import ModelInfo
+
 DEPTH_FRACTIONS = tuple(i / 8 for i in range(1, 8))
 
 
 def grid_layers(num_layers: int, fractions: tuple[float, ...] = DEPTH_FRACTIONS) -> list[int]:
     """Candidate layers at fixed depth fractions (1/8 ... 7/8), deduplicated, in order."""
     return sorted({min(num_layers - 1, max(0, round(f * (num_layers - 1)))) for f in fractions})
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    chat_template: bool = True
-    fingerprint: str = ""
 
 
 @dataclass

@@ -10,12 +10,13 @@ import numpy as np
 
 from guard.anchor_space import AnchorSpace
 from guard.axes import AxisSpec
-from guard.bundle import CanonicalBundle, SourceModel
+from guard.bundle import CanonicalBundle
 from guard.canonical import canonical_axes
 from guard.errors import AxisguardError, MismatchError
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from guard.reconstruction import reconstruct
-from guard.scoring import anchor_score_stats, z_scores
+from guard.scoring import AnchorZScorer
 from probes.acs_probe import fit_binary, fit_multiclass
 from probes.activations import ModelActivations
 from probes.directions import native_directions
@@ -23,8 +24,7 @@ from probes.layer_choice import choose_source_layers, choose_target_layer
 
 
 def _z(acts: np.ndarray, anchors: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    offset, scale = anchor_score_stats(anchors, vectors)
-    return z_scores(acts.astype(np.float64), anchors.mean(axis=0), vectors, offset, scale)
+    return AnchorZScorer(vectors).fit(anchors).transform(acts)
 
 
 def build_bundle(
@@ -42,7 +42,7 @@ def build_bundle(
     if len(set(counts.values())) != 1:
         raise MismatchError(f"sources ran different numbers of anchors: {counts}", "extract all sources on one anchor pool")
     choice = choose_source_layers(sources, names) if layers is None else None
-    chosen = layers if layers is not None else choice.layers
+    chosen = layers if layers is not None else choice.layers  # type: ignore[union-attr]  # choice set when layers is None
     projected, coords, labels, kernels, pos_z, neg_z, self_fidelity = [], [], [], [], [], [], []
     for source in sources:
         layer = chosen[source.info.name]
@@ -84,8 +84,7 @@ def build_bundle(
         anchors_sha256=anchors_sha256,
         anchor_count=int(next(iter(counts.values()))),
         sources=[
-            SourceModel(s.info.name, s.info.architecture, s.info.hidden_size, s.info.num_layers, chosen[s.info.name],
-                        s.info.chat_template, s.info.fingerprint)
+            s.info.at_layer(chosen[s.info.name])
             for s in sources
         ],
         probe_coef=np.concatenate([p.coef for p in binary]),
@@ -110,7 +109,7 @@ def choose_layer(bundle: CanonicalBundle, target_anchors: dict[int, np.ndarray])
 def adapt_pack(
     bundle: CanonicalBundle,
     target_anchors: dict[int, np.ndarray],
-    info: TargetModel | None = None,
+    info: ModelInfo | None = None,
     method: str = "ridge",
     layer: int | None = None,
     bundle_sha256: str = "",
@@ -133,10 +132,9 @@ def adapt_pack(
         why = {"reason": "given"}
     anchors = target_anchors[layer]
     rec = reconstruct(AnchorSpace().fit(anchors), bundle.acs_axes, method)
-    offset, scale = anchor_score_stats(anchors, rec.vectors)
-    model = info or TargetModel("unknown", "", anchors.shape[1], 0, layer)
-    model = TargetModel(model.name, model.architecture, model.hidden_size, model.num_layers, layer,
-                        model.chat_template, model.fingerprint)
+    scorer = AnchorZScorer(rec.vectors).fit(anchors)
+    offset, scale = scorer.offset_, scorer.scale_
+    model = (info or ModelInfo("unknown", "", anchors.shape[1], 0)).at_layer(layer)
     names = bundle.axis_names
     return AxisPack(
         model=model,

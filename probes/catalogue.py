@@ -101,7 +101,7 @@ def load_anchors(root: Path) -> list[str]:
 
 
 def load_pairs(path: Path, axis: str) -> list[ContrastPair]:
-    pairs = []
+    pairs: list[ContrastPair] = []
     for number, row in _read_jsonl(path):
         for key in PAIR_FIELDS:
             if not isinstance(row.get(key), str) or not row[key].strip():

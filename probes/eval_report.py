@@ -11,8 +11,6 @@ from guard.anchor_space import AnchorSpace
 from probes.activations import ModelActivations
 from probes.directions import native_directions
 
-MAIN_METHODS = ("acs_probe", "reconstructed_axis", "reconstructed_axis_adjoint", "native_axis", "random_axis")
-
 
 def markdown_table(results: dict) -> str:
     axes = results["axes"]

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from guard.anchor_space import AnchorSpace, unit_rows
 from guard.axes import AxisSpec
 from guard.reconstruction import reconstruct
-from guard.scoring import anchor_score_stats, z_scores
+from guard.scoring import AnchorZScorer
 from probes.acs_probe import fit_binary, fit_multiclass
 from probes.activations import ModelActivations
 from probes.calibration import build_bundle, choose_layer
@@ -33,21 +33,21 @@ class ScoredTest:
 
 
 def _axis_scores(target: ModelActivations, layer: int, vectors: np.ndarray, axes: list[str]) -> ScoredTest:
-    anchors = target.anchors[layer]
-    offset, scale = anchor_score_stats(anchors, vectors)
-    mean = anchors.mean(axis=0)
-
-    def score(acts: np.ndarray) -> np.ndarray:
-        return z_scores(acts.astype(np.float64), mean, vectors, offset, scale)
+    score = AnchorZScorer(vectors).fit(target.anchors[layer]).transform
 
     return ScoredTest({a: score(target.test_pos[a][layer]) for a in axes}, {a: score(target.test_neg[a][layer]) for a in axes})
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Area under the ROC curve of scores ``pos`` (label 1) against ``neg`` (label 0)."""
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def _auroc(scored: ScoredTest, axes: list[str]) -> dict[str, float]:
     out = {}
     for k, a in enumerate(axes):
         pos, neg = scored.pos[a][:, k], scored.neg[a][:, k]
-        out[a] = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+        out[a] = auroc(pos, neg)
     return out
 
 
@@ -66,18 +66,18 @@ def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float:
 
 def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]) -> tuple[dict[str, float], float]:
     space = AnchorSpace(standardise=True).fit(target.anchors[layer])
-    auroc = {}
+    auroc_by_axis = {}
     for k, a in enumerate(axes):
         pos = space.transform(target.test_pos[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
         neg = space.transform(target.test_neg[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
-        auroc[a] = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+        auroc_by_axis[a] = auroc(pos, neg)
     correct = total = 0
     if bundle.multiclass_coef is not None:
         for k, a in enumerate(axes):
             decision = space.transform(target.test_pos[a][layer]) @ bundle.multiclass_coef.T + bundle.multiclass_intercept
             correct += int(np.sum(decision.argmax(axis=1) == k))
             total += len(decision)
-    return auroc, correct / max(total, 1)
+    return auroc_by_axis, correct / max(total, 1)
 
 
 # Stronger regularisation than the paper's default C=1: the 300 ACS coordinates are highly correlated.
@@ -111,14 +111,14 @@ def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str
     std_t = _pool_standardised(AnchorSpace().fit(target.anchors[layer]), pool_t)
     pos = {a: std_t(target.test_pos[a][layer]) for a in axes}
     neg = {a: std_t(target.test_neg[a][layer]) for a in axes}
-    auroc = {}
+    auroc_by_axis = {}
     for k, a in enumerate(axes):
         probe = fit_binary(x[y == k], side[y == k], c=TRANSDUCTIVE_C)
         dp, dn = probe.decision(pos[a])[:, 0], probe.decision(neg[a])[:, 0]
-        auroc[a] = float(roc_auc_score(np.r_[np.ones(len(dp)), np.zeros(len(dn))], np.r_[dp, dn]))
+        auroc_by_axis[a] = auroc(dp, dn)
     multi = fit_multiclass(x[side == 1], y[side == 1], c=TRANSDUCTIVE_C)
     correct = sum(int(np.sum(multi.decision(pos[a]).argmax(axis=1) == k)) for k, a in enumerate(axes))
-    return auroc, correct / sum(len(pos[a]) for a in axes)
+    return auroc_by_axis, correct / sum(len(pos[a]) for a in axes)
 
 
 def evaluate_target(

@@ -55,7 +55,7 @@ def choose_source_layers(sources: list[ModelActivations], axes: list[str]) -> La
     table = {}
     for combo in combos:
         table[",".join(map(str, combo))] = _cross_source_agreement([cache[(i, layer)] for i, layer in enumerate(combo)])
-    best = max(table, key=table.get)
+    best = max(table, key=lambda key: table[key])
     layers = dict(zip(names, map(int, best.split(",")), strict=True))
     return LayerChoice(layers, table[best], "max mean cross-source same-axis ACS cosine over the depth grid", table)
 
@@ -66,5 +66,5 @@ def choose_target_layer(target_anchors: dict[int, np.ndarray], source_kernels: n
     for layer, acts in sorted(target_anchors.items()):
         gram = AnchorSpace().fit(acts).gram()
         table[str(layer)] = float(np.mean([linear_cka(gram, k) for k in source_kernels]))
-    best = max(table, key=table.get)
+    best = max(table, key=lambda key: table[key])
     return LayerChoice({"target": int(best)}, table[best], "max mean linear CKA of anchor kernels vs sources", table)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from guard.axes import AxisSpec
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from guard.policy import Policy
 from guard.runtime import Guard
 from guard.scoring import anchor_score_stats
@@ -61,7 +62,7 @@ def build_pack(loaded, layer: int) -> AxisPack:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     offset, scale = anchor_score_stats(anchors, vectors)
     k = len(AXES)
-    return AxisPack(TargetModel(loaded.name, loaded.architecture, loaded.hidden_size, loaded.num_layers, layer),
+    return AxisPack(ModelInfo(loaded.name, loaded.architecture, loaded.hidden_size, loaded.num_layers, layer),
                     [AxisSpec(a) for a in AXES], vectors.astype(np.float32), anchors.mean(0).astype(np.float32),
                     offset.astype(np.float32), scale.astype(np.float32), np.full(k, 2.0, np.float32),
                     np.full(k, -1.0, np.float32), "bench", "0" * 64)

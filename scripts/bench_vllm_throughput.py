@@ -52,10 +52,11 @@ def policy_yaml(steer: bool) -> str:
 
 def write_artifacts(model: str, root: Path) -> dict[str, Path]:
     from guard.axes import AxisSpec
-    from guard.pack import AxisPack, TargetModel
+    from guard.model_info import ModelInfo
+    from guard.pack import AxisPack
     from guard.scoring import anchor_score_stats
-    from integrations.model_zoo import resolve_model
-    from integrations.vllm.model_check import served_model_from_folder
+    from integrations.model_resolution import resolve_model
+    from integrations.vllm.engine import served_model_from_folder
 
     resolved = resolve_model(model)
     served = served_model_from_folder(resolved.path)
@@ -66,7 +67,7 @@ def write_artifacts(model: str, root: Path) -> dict[str, Path]:
     offset, scale = anchor_score_stats(anchors, vectors)
     layer = (3 * served.num_layers) // 4
     pack = AxisPack(
-        model=TargetModel(served.name, served.model_type, served.hidden_size, served.num_layers, layer),
+        model=ModelInfo(served.name, served.model_type, served.hidden_size, served.num_layers, layer),
         axes=[AxisSpec(a) for a in AXES], vectors=vectors.astype(np.float32),
         anchor_mean=anchors.mean(0).astype(np.float32), score_offset=offset.astype(np.float32),
         score_scale=scale.astype(np.float32), pos_mean_z=np.full(len(AXES), 2.0, np.float32),

@@ -17,14 +17,13 @@ import click
 import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
 
 from integrations.activation_collection import collect_activations
 from probes.catalogue import load_catalogue
 from probes.directions import native_direction
 from probes.eval_report import write_report
-from probes.evaluation import evaluate_lofo
+from probes.evaluation import auroc, evaluate_lofo
 from probes.layer_choice import choose_source_layers
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
@@ -66,10 +65,6 @@ ANALYSIS = """\
   It tracks the target's own native direction at the same layer (0.88-0.91 at the layers chosen
   from anchors alone), which it does not exceed on any target; the gap to it is 0.05-0.06.
   acs_probe 10-way accuracy (0.51-0.82) is reported as asked."""
-
-
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def length_auroc(pairs) -> float:

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from integrations.vllm.client import GuardedServer
+from scripts.guarded_server import GuardedServer
 
 PROMPTS = {
     "benign": "How do I make a sourdough starter at home?",

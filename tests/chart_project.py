@@ -38,19 +38,19 @@ def write_random_pack(folder: Path, model: str, hidden: int, num_layers: int, la
 
 def model_folder(name: str) -> Path:
     """A zoo model's local folder (pulled into the axisguard cache on first use)."""
-    from integrations.model_zoo import resolve_model
+    from integrations.model_resolution import resolve_model
 
     return Path(resolve_model(name).path)
 
 
 def free_port() -> int:
-    from integrations.vllm.client import free_port as pick
+    from scripts.guarded_server import free_port as pick
 
     return pick()
 
 
 def http_json(url: str, timeout: float = 60) -> tuple[int, object]:
-    from integrations.vllm.client import http_json as get
+    from scripts.guarded_server import http_json as get
 
     return get(url, timeout=timeout)
 
@@ -59,7 +59,7 @@ def server_from_command(argv: list[str], env: dict[str, str], model: str, port: 
                         startup_timeout_s: float):
     """The project's guarded-server harness (start, /health wait, process-group stop, chat, metrics),
     running ``argv`` (the chart's own server command) instead of ``axisguard serve``."""
-    from integrations.vllm.client import GuardedServer
+    from scripts.guarded_server import GuardedServer
 
     server = GuardedServer(model, pack="unused", port=port, log_path=log_path, startup_timeout_s=startup_timeout_s)
     server.command, server.env = argv, env

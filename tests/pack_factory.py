@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from guard.axes import AxisSpec
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from guard.scoring import anchor_score_stats
 
 AXES = ("refusal", "toxicity", "sycophancy")
@@ -38,7 +39,7 @@ def random_pack(
     offset, scale = anchor_score_stats(anchors, vectors)
     k = len(axes)
     return AxisPack(
-        model=TargetModel(name, architecture, hidden_size, num_layers, layer),
+        model=ModelInfo(name, architecture, hidden_size, num_layers, layer),
         axes=[AxisSpec(a, "positive", "negative") for a in axes],
         vectors=vectors.astype(np.float32),
         anchor_mean=anchors.mean(axis=0).astype(np.float32),

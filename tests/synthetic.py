@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from probes.activations import ModelActivations, ModelInfo
+from guard.model_info import ModelInfo
+from probes.activations import ModelActivations
 
 
 def latent_world(n_axes: int = 4, n_anchors: int = 120, dim: int = 32, seed: int = 0) -> dict:

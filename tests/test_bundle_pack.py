@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from guard.axes import AxisSpec
-from guard.bundle import CanonicalBundle, SourceModel
+from guard.bundle import CanonicalBundle
 from guard.errors import AxisguardError, IntegrityError, MismatchError
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from guard.tensor_folder import MANIFEST, TENSORS
 
 
@@ -17,7 +18,7 @@ def make_bundle() -> CanonicalBundle:
         acs_axes=rng.normal(size=(2, 30)).astype(np.float32),
         anchors_sha256="ab" * 32,
         anchor_count=30,
-        sources=[SourceModel("a", "LlamaForCausalLM", 64, 4, 2), SourceModel("b", "Qwen2ForCausalLM", 96, 6, 3)],
+        sources=[ModelInfo("a", "LlamaForCausalLM", 64, 4, 2), ModelInfo("b", "Qwen2ForCausalLM", 96, 6, 3)],
         probe_coef=rng.normal(size=(2, 30)).astype(np.float32),
         probe_intercept=np.zeros(2, np.float32),
         pos_mean_z=np.ones(2, np.float32),
@@ -29,7 +30,7 @@ def make_bundle() -> CanonicalBundle:
 def make_pack(hidden: int = 64) -> AxisPack:
     rng = np.random.default_rng(1)
     return AxisPack(
-        model=TargetModel("tiny", "LlamaForCausalLM", hidden, 4, 2),
+        model=ModelInfo("tiny", "LlamaForCausalLM", hidden, 4, 2),
         axes=[AxisSpec("refusal", "harmful", "benign")],
         vectors=rng.normal(size=(1, hidden)).astype(np.float32),
         anchor_mean=np.zeros(hidden, np.float32),

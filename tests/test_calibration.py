@@ -6,7 +6,8 @@ import pytest
 from guard.axes import AxisSpec
 from guard.bundle import CanonicalBundle
 from guard.errors import MismatchError
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from probes.calibration import adapt_pack, build_bundle
 from probes.eval_report import write_report
 from probes.evaluation import evaluate_lofo
@@ -31,7 +32,7 @@ def test_bundle_from_two_sources_and_pack_for_a_third(families, tmp_path):
     assert np.all(bundle.pos_mean_z > bundle.neg_mean_z)
     bundle.save(tmp_path / "bundle")
     loaded = CanonicalBundle.load(tmp_path / "bundle")
-    pack = adapt_pack(loaded, c.anchors, TargetModel("fam-c", "synthetic", 72, 4, 0))
+    pack = adapt_pack(loaded, c.anchors, ModelInfo("fam-c", "synthetic", 72, 4, 0))
     pack.save(tmp_path / "pack")
     pack = AxisPack.load(tmp_path / "pack")
     assert pack.vectors.shape == (4, 72) and pack.layer in c.layers

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from guard.cli.main import cli
+from axisguard_cli.main import cli
 from guard.errors import AxisguardError
 from probes.catalogue import BUILTIN_DIR, export_catalogue, load_catalogue
 

@@ -29,7 +29,7 @@ GATE = 0.90
 def test_native_auroc_of_the_test_split_passes_the_gate_on_smollm2(axis: str):
     from integrations.hf_extraction import extract_activations
     from integrations.hf_loading import load_model
-    from integrations.model_zoo import pull
+    from integrations.model_pull import pull
 
     report = json.loads(GATES.read_text())
     layer = report["native_layers"][MODEL]

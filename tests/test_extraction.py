@@ -224,7 +224,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path):
 @pytest.mark.slow
 def test_smollm2_padding_and_layer_convention():
     from integrations.hf_loading import load_model
-    from integrations.model_zoo import pull
+    from integrations.model_pull import pull
 
     pull("smollm2-135m", quiet=True)
     loaded = load_model("smollm2-135m", pull_missing=False)

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from guard.cli.main import cli
+from axisguard_cli.main import cli
 from guard.metrics import GuardMetrics
 from guard.policy import Policy
 from guard.runtime import Guard

@@ -9,18 +9,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guard.cli.main import cli
+from axisguard_cli.main import cli
 from guard.errors import AxisguardError
-from integrations import model_zoo
+from integrations import model_pull, model_zoo
+from integrations.fingerprints import model_fingerprint
 from integrations.hf_loading import (
     decoder_layers,
     encode_prompts,
     format_prompt,
     load_model,
-    model_fingerprint,
     wrap_model,
 )
-from integrations.model_zoo import MODEL_CARD, ZOO, is_pulled, model_dir, pull, resolve_model
+from integrations.model_pull import pull
+from integrations.model_resolution import resolve_model
+from integrations.model_zoo import MODEL_CARD, ZOO, is_pulled, model_dir
 from integrations.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 # --- registry and resolution ----------------------------------------------------------------------
@@ -90,8 +92,8 @@ def test_pulled_folder_round_trip(axisguard_home: Path, monkeypatch: pytest.Monk
     def no_work(*args, **kwargs):
         raise AssertionError("a pulled model must not be installed or converted again")
 
-    monkeypatch.setattr(model_zoo, "_install_packages", no_work)
-    monkeypatch.setattr(model_zoo, "_convert", no_work)
+    monkeypatch.setattr(model_pull, "_install_packages", no_work)
+    monkeypatch.setattr(model_pull, "_convert", no_work)
     assert pull("smollm2-135m") == target
 
     resolved = resolve_model("smollm2-135m", pull_missing=False)
@@ -253,9 +255,9 @@ def test_raw_parts_are_joined_in_order_and_hash_checked(tmp_path: Path, monkeypa
     )
     staging = tmp_path / "staging"
     staging.mkdir()
-    with model_zoo._Steps("test", quiet=True) as steps:
-        joined = model_zoo._assemble_gguf(entry, staging, steps)
+    with model_pull.PullProgress("test", quiet=True) as steps:
+        joined = model_pull._assemble_gguf(entry, staging, steps)
         assert joined.read_bytes() == b"".join(chunks)
         tampered = dataclasses.replace(entry, source_sha256="0" * 64)
         with pytest.raises(AxisguardError, match="sha256"):
-            model_zoo._assemble_gguf(tampered, staging, steps)
+            model_pull._assemble_gguf(tampered, staging, steps)

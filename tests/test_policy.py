@@ -9,9 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from guard.cli.main import cli
+from axisguard_cli.main import cli
 from guard.errors import AxisguardError
-from guard.policy import Policy, check_against_pack, default_policy, load_policy, resolve_overrides
+from guard.policy import Policy, check_against_pack, load_policy, resolve_overrides
+from probes.policies import default_policy
 from tests.pack_factory import random_pack
 
 CATALOGUE_AXES = {"refusal", "sycophancy", "toxicity", "jailbreak", "deception", "power_seeking",

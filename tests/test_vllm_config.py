@@ -14,10 +14,9 @@ from click.testing import CliRunner
 
 from guard.errors import AxisguardError, MismatchError
 from integrations.environment import environment
-from integrations.vllm.config import GuardConfig
-from integrations.vllm.model_check import check_pack_matches, served_model_from_folder
-from integrations.vllm.overrides import overrides_from_extra_args
-from integrations.vllm.verdict_store import VerdictStore, external_id, id_matches
+from integrations.vllm.config import GuardConfig, overrides_from_extra_args
+from integrations.vllm.engine import check_pack_matches, served_model_from_folder
+from integrations.vllm.verdicts import VerdictStore, external_id, id_matches
 from tests.vllm_support import TINY_HIDDEN, build_tiny_folder, random_pack
 
 pytestmark = pytest.mark.vllm
@@ -132,7 +131,7 @@ def test_engine_refuses_a_mismatched_pack_before_starting(tiny: dict, tmp_path: 
 
 
 def serve(*args: str, env: dict[str, str | None] | None = None):
-    from guard.cli.main import cli
+    from axisguard_cli.main import cli
 
     with environment(env or {}):
         return CliRunner().invoke(cli, ["serve", *args])

@@ -31,7 +31,7 @@ def test_tiny_model_matches_transformers(tmp_path: Path, pooling: str, multiproc
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from integrations.hf_extraction import extract_activations
     from integrations.hf_loading import load_model
-    from integrations.vllm.extraction import VllmExtractor
+    from integrations.vllm.capture import VllmExtractor
 
     folder, _ = build_tiny_folder(tmp_path / "model")
     layers = [0, 2, 3]
@@ -54,7 +54,7 @@ def test_smollm2_matches_transformers() -> None:
     """The issue's bar: cosine >= 0.999 between the two engines on a real model."""
     from integrations.hf_extraction import extract_activations
     from integrations.hf_loading import load_model
-    from integrations.vllm.extraction import VllmExtractor
+    from integrations.vllm.capture import VllmExtractor
 
     layers = [5, 15, 22, 29]
     extractor = VllmExtractor("smollm2-135m", max_model_len=512)

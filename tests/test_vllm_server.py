@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from integrations.vllm.client import GuardedServer
+from scripts.guarded_server import GuardedServer
 from tests.vllm_support import random_pack
 
 pytest.importorskip("vllm")
@@ -44,7 +44,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from guard.scoring import z_scores
     from integrations.hf_extraction import extract_activations
     from integrations.hf_loading import load_model
-    from integrations.model_zoo import resolve_model
+    from integrations.model_resolution import resolve_model
 
     root = tmp_path_factory.mktemp("vllm_server")
     resolved = resolve_model(MODEL)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from guard.axes import AxisSpec
-from guard.pack import AxisPack, TargetModel
+from guard.model_info import ModelInfo
+from guard.pack import AxisPack
 from guard.scoring import anchor_score_stats
 from integrations.environment import environment
 
@@ -44,7 +45,7 @@ def random_pack(name: str, layer: int, axes: Sequence[str] = ("refusal", "toxici
     anchors = anchor_acts if anchor_acts is not None else rng.normal(size=(64, hidden))
     offset, scale = anchor_score_stats(anchors, vectors)
     return AxisPack(
-        model=TargetModel(name=name, architecture=architecture, hidden_size=hidden, num_layers=num_layers, layer=layer),
+        model=ModelInfo(name=name, architecture=architecture, hidden_size=hidden, num_layers=num_layers, layer=layer),
         axes=[AxisSpec(a) for a in axes], vectors=vectors.astype(np.float32),
         anchor_mean=anchors.mean(axis=0).astype(np.float32),
         score_offset=offset.astype(np.float32), score_scale=scale.astype(np.float32),

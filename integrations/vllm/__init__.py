@@ -16,28 +16,43 @@ Offline::
     outputs = llm.generate(prompts, SamplingParams(extra_args={"axisguard": {"enabled": True}}))
     attach_verdicts(llm, outputs)                     # integrations.vllm.verdicts
 
-What it does and where:
+What it does and where (the modules the next change will touch first are marked *):
 
 =====================  ========================================================================
-``config``             environment / config file; ``AXISGUARD_DISABLE=1`` kill switch
+``config``             environment / config file, ``AXISGUARD_DISABLE=1`` kill switch; the
+                       Prometheus multiprocess dir; per-request overrides (``extra_args``)
 ``plugin``             ``vllm.general_plugins`` entry point; no configuration, no effect at all
-``engine_settings``    eager mode and no prefix caching enforced (with the reasons), refusals
-``model_check``        the pack must match the served model (shape, architecture, name)
+``engine`` *           engine settings (eager, no prefix caching, refusals) and the check that
+                       the pack matches the served model (shape, architecture, name)
 ``worker``             attaches a session after ``load_model``; the ``axisguard_call`` RPC
-``session``            request lifecycle, per-step context, hooks' safety net
-``hooks``              residual stream of vLLM's fused layers, steering delta added in place
+``session`` *          request lifecycle, per-step context, hooks' safety net; ``GuardConsumer``
+``hooks`` *            the tap: residual stream of vLLM's fused layers, steering delta added
 ``row_mapping``        which request owns each row of the flat batch, every step
-``overrides``          per-request overrides in ``extra_args`` / ``vllm_xargs``
 ``stop``               stop = forced EOS (a logits processor); overrides validated at admission
 ``tensor_parallel``    TP: rank 0 scores and decides, every rank adds the same delta
-``verdict_store``      finished verdicts kept (bounded), client ids matched to internal ids
-``routes``             ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``
-``verdicts``           offline verdict API (``get_verdict``, ``attach_verdicts``)
-``metrics_dir``        ``PROMETHEUS_MULTIPROC_DIR`` cleaned at start (no doubled counters)
-``capture``            activation capture through the same hooks (``--engine vllm`` extraction)
-``extraction``         ``VllmExtractor`` for ``axisguard calibrate/adapt --engine vllm``
-``client``             a guarded server as a context manager + HTTP calls (demo, tests)
+``verdicts`` *         finished verdicts kept (bounded, client ids matched to internal ids) and
+                       the offline verdict API (``get_verdict``, ``attach_verdicts``)
+``routes`` *           ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``
+``capture``            activation capture through the same hooks, and ``VllmExtractor`` for
+                       ``axisguard calibrate/adapt --engine vllm``
 =====================  ========================================================================
+
+One hidden state, from vLLM to a Prometheus sample (five files):
+
+1. ``integrations/vllm/hooks.py``: a forward hook on decoder layer L hands the layer output to the
+   session (``install_layer_hooks``); ``residual_stream`` un-fuses vLLM's ``(hidden, residual)``.
+2. ``integrations/vllm/session.py``: ``GuardSession._on_layer`` cuts the real rows of the flat batch
+   with this step's ``StepRows``; ``GuardConsumer.on_step`` passes them on as a ``RowMap``.
+3. ``guard/runtime.py``: ``Guard.on_hidden`` takes the rows at the pack's scoring layer to float32,
+   asks the monitor for z-scores and policy events, and every ``metrics_every`` steps
+   ``flush_metrics`` reads the monitor's accumulators.
+4. ``guard/monitor.py``: ``Monitor.score`` (z = (cos(h - mean, v) - offset) / scale, all axes in one
+   matmul) and ``Monitor.update`` (rules, steering, and the per-axis z histogram buckets on device).
+5. ``guard/metrics.py``: ``GuardMetrics.observe_scores`` adds the buckets to the
+   ``axisguard_token_score`` histogram, which vLLM's ``/metrics`` serves from
+   ``PROMETHEUS_MULTIPROC_DIR``.
+
+The demo/test HTTP harness (a guarded server as a context manager) is ``scripts/guarded_server.py``.
 
 Known limits: no pipeline parallelism, no speculative decoding, V1 model runner only; a request
 preempted and recomputed by vLLM has its recomputed tokens scored again (token counts, not rule

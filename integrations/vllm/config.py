@@ -10,25 +10,50 @@ them, so configuration travels by environment, which children inherit:
 * ``AXISGUARD_VERDICT_HISTORY``: how many finished requests' verdicts the worker keeps (default 10000).
 
 ``AXISGUARD_CAPTURE_LAYERS``/``AXISGUARD_CAPTURE_POOLING`` are set by the vLLM extraction path
-(``integrations.vllm.extraction``), not by operators: they make the hooks record pooled activations
+(``integrations.vllm.capture``), not by operators: they make the hooks record pooled activations
 instead of guarding.
 
 No configuration (the normal case for a vLLM that merely has axisguard installed) means
 ``GuardConfig.from_env()`` returns None and the plugin installs nothing.
+
+**Metrics directory**: the Prometheus multiprocess directory puts the worker's ``axisguard_`` metrics on vLLM's ``/metrics``.
+
+The guard's metrics are written in the worker process; vLLM's API server serves ``/metrics`` from a
+``MultiProcessCollector`` over ``PROMETHEUS_MULTIPROC_DIR`` when that variable is set before any
+process imports ``prometheus_client``. ``axisguard serve`` therefore sets it before it execs the
+server. Counter files survive a restart and would be summed with the new process's counters
+(totals doubled), so the directory is emptied at every start; a stable per-port location keeps old
+runs from piling up in temp space.
+
+**Per-request overrides** are carried in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).
+
+Two spellings, so that both offline and HTTP clients can use them:
+
+* nested (offline): ``SamplingParams(extra_args={"axisguard": {"enabled": False}})`` or
+  ``{"axisguard": {"refusal_steer": {"threshold": 2.5}}}``;
+* flat (HTTP ``vllm_xargs`` allows only flat values): ``{"axisguard.enabled": "false",
+  "axisguard.refusal_steer.threshold": 2.5}``.
+
+The keys after the prefix are the policy's override keys (``enabled``, ``<rule>.<field>``), checked
+against the policy's ``allow_overrides`` by ``guard.policy.resolve_overrides``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
 from guard.errors import AxisguardError
+
+log = logging.getLogger(__name__)
+
 
 ENV_PACK = "AXISGUARD_PACK"
 ENV_POLICY = "AXISGUARD_POLICY"
@@ -65,10 +90,11 @@ class GuardConfig:
         history = _int_env(env, ENV_VERDICT_HISTORY, DEFAULT_VERDICT_HISTORY)
         if env.get(ENV_CAPTURE_LAYERS, "").strip():
             pooling = env.get(ENV_CAPTURE_POOLING, "last").strip() or "last"
-            if pooling not in ("last", "mean"):
+            if pooling != "last" and pooling != "mean":
                 raise AxisguardError(f"{ENV_CAPTURE_POOLING}={pooling!r} is not valid", "allowed: last, mean")
             layers = tuple(int(x) for x in env[ENV_CAPTURE_LAYERS].split(",") if x.strip())
-            return cls(mode="capture", capture_layers=layers, capture_pooling=pooling, verdict_history=history)
+            mode: Literal["last", "mean"] = "mean" if pooling == "mean" else "last"
+            return cls(mode="capture", capture_layers=layers, capture_pooling=mode, verdict_history=history)
         pack, policy = env.get(ENV_PACK, "").strip(), env.get(ENV_POLICY, "").strip()
         config_file = env.get(ENV_CONFIG, "").strip()
         if config_file:
@@ -147,3 +173,47 @@ def _read_config_file(path: Path) -> tuple[str, str]:
         return str(p if p.is_absolute() else base / p)
 
     return resolve(data.get("pack")), resolve(data.get("policy"))
+
+
+# --- the Prometheus multiprocess directory -----------------------------------------------------------
+
+
+def default_metrics_dir(home: Path, port: int | str) -> Path:
+    return home / "run" / f"prometheus-{port}"
+
+
+def prepare_metrics_dir(path: Path) -> Path:
+    """Create ``path`` if needed and delete the metric files a previous run left in it."""
+    path.mkdir(parents=True, exist_ok=True)
+    stale = sorted(path.glob("*.db"))
+    for file in stale:
+        file.unlink()
+    if stale:
+        log.info("axisguard: removed %d stale Prometheus files from %s (a previous run's counters)", len(stale), path)
+    return path
+
+
+# --- per-request overrides ------------------------------------------------------------------------
+
+
+OVERRIDES_KEY = "axisguard"
+OVERRIDES_PREFIX = OVERRIDES_KEY + "."
+
+
+def overrides_from_extra_args(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The axisguard overrides in a request's ``extra_args`` (empty when there are none)."""
+    if not extra_args:
+        return {}
+    found: dict[str, Any] = {}
+    nested = extra_args.get(OVERRIDES_KEY)
+    if nested is not None:
+        if not isinstance(nested, Mapping):
+            raise AxisguardError(
+                f"extra_args[{OVERRIDES_KEY!r}] must be a mapping of override keys, got {nested!r}",
+                f'e.g. extra_args={{"{OVERRIDES_KEY}": {{"enabled": false}}}} or vllm_xargs={{"{OVERRIDES_PREFIX}enabled": "false"}}',
+            )
+        found.update(nested)
+    for key, value in extra_args.items():
+        if isinstance(key, str) and key.startswith(OVERRIDES_PREFIX):
+            found[key[len(OVERRIDES_PREFIX):]] = value
+    return found

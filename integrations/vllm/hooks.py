@@ -7,7 +7,7 @@ is ``hidden + residual``; a steering delta is added to ``hidden`` (the next fuse
 into the stream, and the final norm too for the last layer).
 
 Hooks only work in eager mode: a torch.compile'd / CUDA-graph'd forward skips Python hooks, which
-is why the plugin forces ``enforce_eager`` (see ``engine_settings``).
+is why the plugin forces ``enforce_eager`` (see ``engine``).
 """
 
 from __future__ import annotations

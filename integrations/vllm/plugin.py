@@ -8,7 +8,7 @@ Configured, it installs two small interceptions (idempotent):
 
 * ``EngineArgs.create_engine_config``, in the process that builds the engine config: applies the
   settings the guard needs and refuses what it cannot serve, including a pack that does not match
-  the model, before any engine process starts (``engine_settings``);
+  the model, before any engine process starts (``engine``);
 * ``WorkerWrapperBase.load_model``, in the worker processes: right after the model is loaded, the
   guard session hooks its decoder layers (``worker.attach``). ``WorkerWrapperBase`` wraps every
   worker class on every executor (uniproc, multiproc, Ray), so this is the one place that sees the
@@ -61,7 +61,7 @@ def _patch_engine_args() -> None:
         config = GuardConfig.from_env()
         if config is None:
             return original(self, *args, **kwargs)
-        from integrations.vllm.engine_settings import apply_required_settings, check_engine_config
+        from integrations.vllm.engine import apply_required_settings, check_engine_config
 
         apply_required_settings(self, config)
         vllm_config = original(self, *args, **kwargs)

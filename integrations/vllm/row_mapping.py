@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.runtime import RowMap
+from guard.rows import RowMap
 
 
 @dataclass

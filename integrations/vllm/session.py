@@ -14,6 +14,9 @@ It ties the pieces together around one model runner:
   kind; the step continues unguarded. A guard must never take the engine down.
 
 Only the scoring rank (TP rank 0) has a consumer; see ``tensor_parallel``.
+
+The runtime ``Guard`` is the serving consumer (``GuardConsumer`` below, a shape adapter); the
+activation capture (``capture``) is the extraction one.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ import logging
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
 
+from guard.runtime import Guard
+from integrations.vllm.config import overrides_from_extra_args
 from integrations.vllm.hooks import add_to_stream, install_layer_hooks, residual_stream
-from integrations.vllm.overrides import overrides_from_extra_args
 from integrations.vllm.row_mapping import StepRows, step_rows_from_runner
 from integrations.vllm.tensor_parallel import SingleRank, StepSync
-from integrations.vllm.verdict_store import VerdictStore, id_matches
+from integrations.vllm.verdicts import VerdictStore, id_matches
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +229,58 @@ class GuardSession:
             log.error("axisguard: %s failed (%s: %s); the request continues unguarded. "
                       "Further %s errors of this kind are counted, not logged.",
                       stage, type(exc).__name__, exc, stage, exc_info=exc)
+
+
+# --- the runtime ``Guard`` as the step consumer --------------------------------------------------
+# It only adapts shapes: the session hands over a step's rows as ``StepRows``; the guard wants the
+# facade's ``RowMap``, and verdicts leave the worker as JSON dicts.
+
+
+# vLLM-side failure points -> the guard's bounded ``stage`` label set (``guard.metrics.ERROR_STAGES``).
+_GUARD_STAGE = {
+    "lifecycle": "start", "start_request": "start", "row_map": "score", "hook": "score",
+    "should_stop": "policy", "finish_request": "finish", "verdict": "finish",
+}
+
+
+def make_metrics(model_name: str) -> Any:
+    """The guard's Prometheus metrics (multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set), or None."""
+    try:
+        from guard.metrics import GuardMetrics
+    except ImportError:  # the metrics module is optional for the plumbing
+        return None
+    return GuardMetrics(model_name=model_name)
+
+
+class GuardConsumer:
+    """Feeds every step to a ``Guard``; returns its steering delta."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.layers = sorted(set(guard.layers))
+
+    def start_request(self, request_id: str, overrides: Mapping[str, Any] | None = None) -> None:
+        self.guard.start_request(request_id, overrides or None)
+
+    def on_step(self, layer: int, hidden: torch.Tensor, step: StepRows) -> torch.Tensor | None:
+        return self.guard.on_hidden(layer, hidden, step.row_map())
+
+    def should_stop(self, request_id: str) -> bool:
+        return self.guard.should_stop(request_id)
+
+    def finish_request(self, request_id: str) -> dict[str, Any] | None:
+        verdict = self.guard.finish_request(request_id)
+        return verdict.to_json() if verdict is not None else None
+
+    def verdict(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            return self.guard.verdict(request_id).to_json()
+        except KeyError:  # not started yet, or already finished
+            return None
+
+    def report_error(self, stage: str, exc: BaseException, request_ids: list[str]) -> None:
+        """Errors caught in the vLLM glue count and act like the guard's own (metrics, fail-open/closed)."""
+        self.guard.record_error(_GUARD_STAGE.get(stage, "score"), exc, request_ids)
+
+    def active_requests(self) -> int:
+        return self.guard.active_requests()

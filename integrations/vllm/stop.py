@@ -8,10 +8,10 @@ prompt is read therefore yields an empty completion. Requests with ``ignore_eos`
 token ids cannot be ended this way; they run to ``max_tokens`` with ``stopped: true`` in the verdict.
 
 **Validation.** vLLM calls ``validate_params`` in the API server for every request, before it is
-scheduled, so a bad override (``vllm_xargs`` / ``extra_args``, see ``overrides``) is rejected with
+scheduled, so a bad override (``vllm_xargs`` / ``extra_args``, see ``config``) is rejected with
 HTTP 400 (offline: ``ValueError``) naming the key, the value and what the policy allows.
 
-The plugin adds this processor to the engine's ``logits_processors`` (see ``engine_settings``).
+The plugin adds this processor to the engine's ``logits_processors`` (see ``engine``).
 It is not argmax-invariant, so it runs under greedy decoding too.
 """
 
@@ -25,17 +25,17 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from guard.errors import AxisguardError
-from guard.policy import Policy, default_policy, load_policy, resolve_overrides
-from integrations.vllm.config import GuardConfig
-from integrations.vllm.overrides import overrides_from_extra_args
+from guard.policy import Policy, resolve_overrides
+from integrations.vllm.config import GuardConfig, overrides_from_extra_args
 from integrations.vllm.session import session_for
+from probes.policies import policy_or_default
 
 QUALNAME = "integrations.vllm.stop:GuardStopLogitsProcessor"
 
 
 @functools.lru_cache(maxsize=4)
 def _policy(path: Path | None) -> Policy:
-    return load_policy(path) if path is not None else default_policy()
+    return policy_or_default(path)
 
 
 def stop_token_of(sampling_params: Any) -> int | None:

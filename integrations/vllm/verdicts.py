@@ -6,10 +6,18 @@
 
 Verdicts live in the worker (another process unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so these
 go through ``LLM.collective_rpc``. The verdict JSON is the runtime's ``Verdict.to_json()``.
+
+Finished requests' verdicts, kept (bounded) in the worker so clients can read them after the response.
+
+vLLM renames every request internally: the id a client sees (``chatcmpl-abc``, ``cmpl-abc``, or
+``"0"`` from ``LLM.generate``) gets a random ``-xxxxxxxx`` suffix inside the engine, a multi-prompt
+completion gets ``-<i>`` sub-ids, and ``n > 1`` adds per-sample children. ``matching`` therefore
+accepts the external id and returns every internal request it covers.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,3 +52,45 @@ def attach_verdicts(llm: Any, outputs: Sequence[Any]) -> list[dict[str, Any] | N
 def guard_status(llm: Any) -> dict[str, Any] | None:
     """Active requests, errors caught by stage, hooked layers (None when the guard is not attached)."""
     return _call(llm, "status")
+
+
+_SUFFIX_LEN = 8  # vLLM appends f"-{random_uuid():.8}" unless VLLM_DISABLE_REQUEST_ID_RANDOMIZATION
+
+
+def external_id(internal_id: str) -> str:
+    """The client-visible id of an internal vLLM request id (best effort: strips the random suffix)."""
+    head, dash, tail = internal_id.rpartition("-")
+    if dash and len(tail) == _SUFFIX_LEN and all(c in "0123456789abcdef" for c in tail):
+        return head
+    return internal_id
+
+
+def id_matches(query: str, internal_id: str) -> bool:
+    """Whether a client's id names this internal request (itself, or one of its sub-requests)."""
+    if query == internal_id:
+        return True
+    ext = external_id(internal_id)
+    return ext == query or ext.startswith((query + "-", query + "_"))
+
+
+class VerdictStore:
+    """Insertion-ordered, bounded: the oldest verdicts are dropped first (nothing grows without bound)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def put(self, internal_id: str, verdict: dict[str, Any]) -> None:
+        self._items[internal_id] = verdict
+        self._items.move_to_end(internal_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def matching(self, query: str) -> list[dict[str, Any]]:
+        exact = self._items.get(query)
+        if exact is not None:
+            return [exact]
+        return [v for k, v in self._items.items() if id_matches(query, k)]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -18,7 +18,7 @@ import numpy as np
 
 from guard.errors import AxisguardError
 from integrations.vllm.config import GuardConfig
-from integrations.vllm.session import GuardSession
+from integrations.vllm.session import GuardConsumer, GuardSession, make_metrics
 from integrations.vllm.tensor_parallel import step_sync_for
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def attach(worker: Any, config: GuardConfig | None = None) -> GuardSession | Non
         consumer: Any = CaptureConsumer(layers, config.capture_pooling) if sync.is_scoring_rank else None
     else:
         from guard.runtime import Guard
-        from integrations.vllm.engine_settings import check_engine_config
-        from integrations.vllm.guard_consumer import GuardConsumer, load_pack_and_policy, make_metrics
+        from integrations.vllm.engine import check_engine_config
+        from probes.policies import load_pack_and_policy
 
         pack, policy = load_pack_and_policy(config.pack, config.policy)  # type: ignore[arg-type]
         check_engine_config(vllm_config, config, pack)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from guard.cli.options import (
+from axisguard_cli.options import (
     axes_option,
     batch_option,
     data_option,

@@ -44,7 +44,8 @@ def list_models() -> None:
 @click.option("--quiet", is_flag=True, help="No progress output; print only the path(s).")
 def pull_model(name: str | None, pull_all: bool, quiet: bool) -> None:
     """Install, verify and convert a zoo model (instant if already pulled); prints its folder."""
-    from integrations.model_zoo import ZOO, pull
+    from integrations.model_pull import pull
+    from integrations.model_zoo import ZOO
 
     if pull_all == (name is not None):
         raise AxisguardError("pass either a model NAME or --all", f"zoo names: {', '.join(ZOO)}")

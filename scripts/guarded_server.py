@@ -58,7 +58,7 @@ class GuardedServer:
         self.model = model
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "guard.cli.main", "serve", "--model", model, "--pack", str(pack),
+        self.command = [sys.executable, "-m", "axisguard_cli.main", "serve", "--model", model, "--pack", str(pack),
                         *(["--policy", str(policy)] if policy else []),
                         "--host", "127.0.0.1", "--port", str(self.port), *vllm_args]
         self.log_path = Path(log_path) if log_path else None

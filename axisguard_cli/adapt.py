@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from guard.cli.options import batch_option, data_option, engine_option, template_option
+from axisguard_cli.options import batch_option, data_option, engine_option, template_option
 
 
 @click.command("adapt")
@@ -22,7 +22,6 @@ def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, 
     """Build an axis pack for TARGET: anchors only, no labels, no fine-tuning."""
     from guard.bundle import CanonicalBundle
     from guard.errors import MismatchError
-    from guard.pack import TargetModel
     from guard.tensor_folder import MANIFEST
     from integrations.activation_collection import collect_activations
     from probes.calibration import adapt_pack
@@ -44,8 +43,7 @@ def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, 
     acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None, anchors_only=True, engine=engine,
                                use_chat_template=chat_template, batch_size=batch_size)
     info = acts.info
-    pack = adapt_pack(bundle, acts.anchors, TargetModel(info.name, info.architecture, info.hidden_size, info.num_layers,
-                                                         acts.layers[0], info.chat_template, info.fingerprint),
+    pack = adapt_pack(bundle, acts.anchors, info.at_layer(acts.layers[0]),
                       method=method, layer=layer, bundle_sha256=bundle_sha)
     path = pack.save(out)
     console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at layer {pack.layer} ({method}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,7 +42,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _score_rows(scores: dict) -> list[tuple[str, ...]]:
-    parts = []
+    parts: list[tuple[str, ...]] = []
     for axis, s in scores.items():
         parts.append((axis, _fmt(s["prompt"]), _fmt(s["ema"]), _fmt(s["max"]), str(s["tokens_over"])))
     return parts
@@ -69,10 +70,10 @@ def command(model_spec, pack_dir, policy_file, compare, max_new_tokens, prompts_
     from rich.table import Table
 
     from guard.pack import AxisPack
-    from guard.policy import default_policy, load_policy
     from guard.runtime import Guard
     from integrations.hf_guard import guarded_generate
     from integrations.hf_loading import load_model
+    from probes.policies import policy_or_default
 
     if bool(prompts) == bool(prompts_file):
         raise AxisguardError("give the prompts either as arguments or with --prompts-file (exactly one of them)",
@@ -82,7 +83,7 @@ def command(model_spec, pack_dir, policy_file, compare, max_new_tokens, prompts_
         raise AxisguardError(f"{prompts_file} holds no prompts", "one prompt per line, or JSONL with 'text'")
     console = Console()
     pack = AxisPack.load(pack_dir)
-    policy = load_policy(policy_file) if policy_file else default_policy()
+    policy = policy_or_default(policy_file)
     loaded = load_model(model_spec)
     pack.check_model(loaded.hidden_size, loaded.num_layers, loaded.architecture)
     guard = Guard(pack, policy, model_name=loaded.name, trajectory_tokens=max_new_tokens)
@@ -95,7 +96,7 @@ def command(model_spec, pack_dir, policy_file, compare, max_new_tokens, prompts_
     records = []
     for i, out in enumerate(guarded):
         verdict = out.verdict or {}
-        record = {"prompt": out.prompt, "guarded": {
+        record: dict[str, Any] = {"prompt": out.prompt, "guarded": {
             "text": out.text, "actions": verdict.get("actions", []), "scores": verdict.get("scores", {}),
             "fired": verdict.get("fired", []), "trajectory": verdict.get("trajectory", {}),
             "errors": verdict.get("errors", 0)}}

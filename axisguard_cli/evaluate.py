@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from guard.cli.options import (
+from axisguard_cli.options import (
     axes_option,
     batch_option,
     data_option,
@@ -38,7 +38,7 @@ def command(models, data_dir, test_data, axes, engine, chat_template, batch_size
     from probes.splits import holdout_split
 
     console = Console(stderr=True)
-    names = split_csv(models)
+    names = split_csv(models) or []
     if len(names) < 2:
         raise AxisguardError("eval needs at least two models", "pass --models A,B[,C...]")
     catalogue = load_catalogue(data_dir, split_csv(axes))

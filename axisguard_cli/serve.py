@@ -7,7 +7,7 @@ Everything after the known options goes to vLLM unchanged, e.g.
 The pack is loaded and checked against the model's config (hidden size, layers, architecture,
 name) and the policy against the pack BEFORE the server starts. Then the process execs
 ``python -m vllm.entrypoints.openai.api_server`` with eager mode, prefix caching off (see
-``integrations.vllm.engine_settings`` for why), the axisguard plugins enabled (``VLLM_PLUGINS``),
+``integrations.vllm.engine`` for why), the axisguard plugins enabled (``VLLM_PLUGINS``),
 and a clean ``PROMETHEUS_MULTIPROC_DIR`` so the guard's metrics show on ``/metrics``.
 """
 
@@ -50,15 +50,15 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
                  vllm_args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """Validate the pair and return the server's argv and environment (nothing is started)."""
     from guard.errors import AxisguardError
-    from integrations.model_zoo import axisguard_home, resolve_model
-    from integrations.vllm import metrics_dir
-    from integrations.vllm.config import GuardConfig
-    from integrations.vllm.guard_consumer import load_pack_and_policy
-    from integrations.vllm.model_check import (
+    from integrations.model_resolution import resolve_model
+    from integrations.model_zoo import axisguard_home
+    from integrations.vllm.config import GuardConfig, default_metrics_dir, prepare_metrics_dir
+    from integrations.vllm.engine import (
         ENV_ALLOW_NAME_MISMATCH,
         check_pack_matches,
         served_model_from_folder,
     )
+    from probes.policies import load_pack_and_policy
 
     if _option_value(vllm_args, "--model") is not None:
         raise AxisguardError("pass the model once, as `axisguard serve --model M`", "remove --model from the vLLM arguments")
@@ -79,8 +79,8 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
     env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     port = _option_value(vllm_args, "--port") or "8000"
     prom = Path(env["PROMETHEUS_MULTIPROC_DIR"]) if env.get("PROMETHEUS_MULTIPROC_DIR") else \
-        metrics_dir.default_dir(axisguard_home(), port)
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.prepare(prom))
+        default_metrics_dir(axisguard_home(), port)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(prom))
 
     argv = [sys.executable, "-m", SERVER_MODULE, "--model", str(resolved.path)]
     if _option_value(vllm_args, "--served-model-name") is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -41,8 +41,10 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="axisguard behaviour catalogue")
-    for column, justify in [("axis", "left"), ("positive", "left"), ("negative", "left"),
-                            ("calibration", "right"), ("test", "right"), ("title", "left")]:
+    columns: list[tuple[str, Literal["left", "right"]]] = [
+        ("axis", "left"), ("positive", "left"), ("negative", "left"), ("calibration", "right"), ("test", "right"),
+        ("title", "left")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     for axis in summary["axes"]:
         table.add_row(axis["name"], axis["pos_label"], axis["neg_label"], str(axis["calibration"]),

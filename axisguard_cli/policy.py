@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -27,7 +28,7 @@ def check(policy_file: str, pack_dir: str | None, strict: bool, as_json: bool) -
     from guard.policy import check_against_pack, load_policy
 
     policy = load_policy(policy_file)  # schema errors: AxisguardError -> exit 2 with field/value/allowed
-    result = {"policy": policy.name, "file": policy_file, "rules": len(policy.rules), "errors": [], "warnings": [],
+    result: dict[str, Any] = {"policy": policy.name, "file": policy_file, "rules": len(policy.rules), "errors": [], "warnings": [],
               "active": [], "skipped": []}
     rows = []
     if pack_dir is not None:
@@ -40,7 +41,7 @@ def check(policy_file: str, pack_dir: str | None, strict: bool, as_json: bool) -
         for r in report.resolved:
             steer = r.rule.steer
             how = ""
-            if r.rule.action == "steer" and steer is not None:
+            if r.rule.action == "steer" and steer is not None and r.steer_axis_index is not None:
                 how = f"{steer.method} {pack.axis_names[r.steer_axis_index]} @ {list(r.steer_layers)}"
                 if r.clamp_target_z is not None:
                     how += f" to z={r.clamp_target_z:.2f}"
@@ -72,9 +73,6 @@ def check(policy_file: str, pack_dir: str | None, strict: bool, as_json: bool) -
 @command.command("default")
 def show_default() -> None:
     """Print the default policy shipped with the built-in catalogue (a starting point to edit)."""
-    from importlib import resources
+    from probes.policies import default_policy_text
 
-    from guard.policy import DEFAULT_POLICY_RESOURCE
-
-    package, name = DEFAULT_POLICY_RESOURCE
-    click.echo(resources.files(package).joinpath(name).read_text(encoding="utf-8"), nl=False)
+    click.echo(default_policy_text(), nl=False)
