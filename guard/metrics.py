@@ -2,14 +2,15 @@
 
 Names start with ``axisguard_``, use base units and ``_total`` for counters; every series carries
 ``model_name`` (like vLLM's own metrics) and otherwise only bounded labels: ``axis`` (the pack's
-axes), ``action`` (observe/flag/steer/stop), ``method`` (add/ablate/clamp), ``phase``
+axes), ``action`` (observe/flag/steer/stop, would_steer/would_stop in shadow mode), ``rule`` (a
+rule name of the loaded policy; requests cannot add rules), ``method`` (add/ablate/clamp), ``phase``
 (prompt/generation), ``stage`` (where a guard error happened), ``outcome``. Never a request id.
 
 =====================================  =========  ============================================
 metric                                 type       meaning
 =====================================  =========  ============================================
 axisguard_token_score                  histogram  z-score of every scored token, per axis
-axisguard_actions_total                counter    rules fired, per axis and action
+axisguard_actions_total                counter    rules fired, per axis, action and rule
 axisguard_steered_tokens_total         counter    token rows steered, per steering axis/method
 axisguard_tokens_scored_total          counter    token rows scored, per phase
 axisguard_requests_finished_total      counter    finished requests, per outcome
@@ -18,6 +19,8 @@ axisguard_scoring_seconds              histogram  host time spent in the guard p
 axisguard_requests_active              gauge      requests holding guard state
 axisguard_drift                        gauge      RMS z-score over axes and recent tokens
 axisguard_pack_info                    gauge      1, labelled with the loaded pack's description
+axisguard_policy_info                  gauge      1 for the policy in force (name, hash); 0 once replaced
+axisguard_policy_reloads_total         counter    live policy reloads, per result (applied/refused)
 =====================================  =========  ============================================
 
 ``axisguard_drift`` needs no labels (ground truth): z-scores are in units of the target model's own
@@ -64,6 +67,8 @@ class _Families:
     requests_active: Gauge
     drift: Gauge
     pack_info: Gauge
+    policy_info: Gauge
+    policy_reloads: Counter
 
 
 # Metric objects are registered once per registry; GuardMetrics instances bind a model name to them.
@@ -80,7 +85,8 @@ def _families(registry: CollectorRegistry) -> _Families:
                 m + ("axis",), buckets=Z_BUCKETS, registry=registry,
             ),
             actions=Counter(
-                "axisguard_actions", "Policy rules fired, by axis and action", m + ("axis", "action"),
+                "axisguard_actions", "Policy rules fired, by axis, action (would_steer/would_stop in shadow mode) "
+                "and rule", m + ("axis", "action", "rule"),
                 registry=registry,
             ),
             steered_tokens=Counter(
@@ -115,6 +121,14 @@ def _families(registry: CollectorRegistry) -> _Families:
                 "axisguard_pack_info", "The loaded axis pack (value 1)",
                 m + ("pack_model", "axes", "layer", "sources", "method"),
                 multiprocess_mode="max", registry=registry,
+            ),
+            policy_info=Gauge(
+                "axisguard_policy_info", "The policy in force (value 1; a replaced one reads 0)",
+                m + ("name", "hash"), multiprocess_mode="mostrecent", registry=registry,
+            ),
+            policy_reloads=Counter(
+                "axisguard_policy_reloads", "Live policy reloads, by result (applied, refused)",
+                m + ("result",), registry=registry,
             ),
         )
     return _FAMILIES[key]
@@ -158,8 +172,9 @@ class GuardMetrics:
         """Bulk-add z-scores of one axis, already bucketed with ``z_buckets`` (non-cumulative counts)."""
         _observe_bulk(self._f.token_score.labels(self.model_name, axis), bucket_counts, total, self.z_buckets)
 
-    def inc_action(self, axis: str, action: str, n: int = 1) -> None:
-        self._f.actions.labels(self.model_name, axis, action).inc(n)
+    def inc_action(self, axis: str, action: str, rule: str = "", n: int = 1) -> None:
+        """``rule`` is a rule name of the loaded policy (bounded: clients cannot add rules)."""
+        self._f.actions.labels(self.model_name, axis, action, rule).inc(n)
 
     def inc_steered_tokens(self, axis: str, method: str, n: int) -> None:
         if n:
@@ -180,6 +195,15 @@ class GuardMetrics:
 
     def set_active(self, n: int) -> None:
         self._f.requests_active.labels(self.model_name).set(n)
+
+    def set_policy(self, name: str, digest: str, previous: tuple[str, str] | None = None) -> None:
+        """Publish the policy in force; the one it replaced reads 0 from now on."""
+        if previous is not None and previous != (name, digest):
+            self._f.policy_info.labels(self.model_name, *previous).set(0)
+        self._f.policy_info.labels(self.model_name, name, digest).set(1)
+
+    def inc_policy_reload(self, result: str) -> None:
+        self._f.policy_reloads.labels(self.model_name, result).inc()
 
     def set_drift(self, value: float) -> None:
         self._f.drift.labels(self.model_name).set(value)

@@ -78,6 +78,7 @@ class SlotState:
     enabled: torch.Tensor
     action: torch.Tensor
     strength: torch.Tensor
+    shadow: torch.Tensor
     hist: torch.Tensor
     traj: torch.Tensor
 
@@ -112,6 +113,7 @@ class SlotSnapshot:
     enabled: list[bool]
     action: list[int]
     strength: list[float]
+    shadow: bool = False
     hist: list[list[bool]] | None = None
     traj: list[list[float]] | None = None
 
@@ -226,6 +228,8 @@ class Monitor:
             "enabled": ((n,), torch.bool, "enabled"),
             "action": ((n,), torch.long, "action"),
             "strength": ((n,), f32, "strength"),
+            # shadow mode: rules are judged and recorded, steering never switches on (stop: see Guard)
+            "shadow": ((), torch.bool, False),
         }
         if self.window:
             self._spec["hist"] = ((n, self.window), torch.bool, False)
@@ -278,6 +282,7 @@ class Monitor:
                 getattr(self.state, fld)[slot, r] = value
         if not overrides.enabled:
             self.state.enabled[slot] = False
+        self.state.shadow[slot] = (overrides.mode or self.policy.mode) == "shadow"
         self.version += 1
         return slot
 
@@ -452,7 +457,7 @@ class Monitor:
         upd["fired_token"] = torch.where(fired_now, token, st.fired_token[slots])
 
         # steering: on from the firing step, for `duration` generated tokens
-        steer_fire = fired_now & (st.action[slots] == STEER)
+        steer_fire = fired_now & (st.action[slots] == STEER) & ~st.shadow[slots].unsqueeze(1)
         steer_on = st.steer_on[slots] | steer_fire
         steer_left = torch.where(steer_fire, self.rule_duration, st.steer_left[slots])
         steer_ext = torch.cat([steer_on, steer_on.new_zeros(1, n)])

@@ -25,6 +25,7 @@ Per-request overrides (``Guard.start_request``) may change only what ``allow_ove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import typing
@@ -51,6 +52,10 @@ MAX_WINDOW = 64
 
 # Fields a request may override (when allow-listed), and how their values are read.
 OVERRIDABLE_FIELDS: tuple[str, ...] = ("enabled", "threshold", "action", "strength", "min_tokens")
+# Whole-request overrides (allow-listed by their own name): the guard on/off, enforce or shadow.
+REQUEST_OVERRIDES: tuple[str, ...] = ("enabled", "mode")
+Mode = Literal["enforce", "shadow"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
 def _threshold_value(value: Any) -> float | str:
@@ -104,6 +109,17 @@ class SteerConfig(BaseModel):
         return self
 
 
+class StopConfig(BaseModel):
+    """What a client is told when a ``stop`` rule ends its request (see ``integrations.vllm.inband``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str | None = Field(
+        None, max_length=4096,
+        description="returned as the choice's content when the request is stopped before any text was produced",
+    )
+
+
 class Rule(BaseModel):
     """One trigger: an axis score crossing a threshold, and the action it causes."""
 
@@ -118,6 +134,7 @@ class Rule(BaseModel):
     window: int | None = Field(None, ge=1, le=MAX_WINDOW, description="token only: count within the last N")
     action: Action = "flag"
     steer: SteerConfig | None = None
+    stop: StopConfig | None = None
     enabled: bool = True
 
     @field_validator("threshold", mode="before")
@@ -152,6 +169,16 @@ class Policy(BaseModel):
         description="a guard error lets the request continue unguarded (fail_open) or stops it (fail_closed)",
     )
     unknown_axes: Literal["skip", "error"] = "skip"
+    mode: Mode = Field(
+        "enforce",
+        description="enforce: rules act; shadow: every rule is judged and counted as it would act "
+        "(would_steer, would_stop), the output is left untouched",
+    )
+    in_band: bool = Field(
+        True,
+        description="OpenAI API conventions on the server: the verdict in each response, finish_reason "
+        "'content_filter' and refusal messages for stopped choices; false leaves responses as vLLM made them",
+    )
     ema_alpha: float = Field(0.2, gt=0.0, le=1.0)
     allow_overrides: list[str] = Field(
         default_factory=list,
@@ -166,12 +193,12 @@ class Policy(BaseModel):
         if duplicates:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         for entry in self.allow_overrides:
-            if entry == "enabled":
+            if entry in REQUEST_OVERRIDES:
                 continue
             rule, _, fld = entry.partition(".")
             if fld not in OVERRIDABLE_FIELDS or (rule != "*" and rule not in names):
                 raise ValueError(
-                    f"allow_overrides entry {entry!r} is not valid; allowed: 'enabled', '*.<field>' or "
+                    f"allow_overrides entry {entry!r} is not valid; allowed: 'enabled', 'mode', '*.<field>' or "
                     f"'<rule>.<field>' with a rule of this policy and field one of {', '.join(OVERRIDABLE_FIELDS)}"
                 )
         return self
@@ -198,6 +225,12 @@ class Policy(BaseModel):
                 f"{source}: invalid policy\n" + "\n".join(f"  - {line}" for line in describe_errors(exc)),
                 "fix the fields named above; `axisguard policy check FILE --pack PACK` re-checks it",
             ) from None
+
+
+def policy_digest(policy: Policy) -> str:
+    """A short content hash of a policy: its validated fields, so formatting and comments do not count."""
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -283,6 +316,7 @@ class RequestOverrides:
     """Validated overrides for one request: ``rules[rule_name][field] = value``."""
 
     enabled: bool = True
+    mode: Mode | None = None  # None: the policy's mode
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -324,6 +358,10 @@ def _coerce_override(fld: str, value: Any, rule: Rule | None) -> Any:
         if count < 1 or count != float(value) or (rule and rule.window and count > rule.window):
             raise ValueError(f"allowed: an integer from 1 to {rule.window if rule and rule.window else 'any'}")
         return count
+    if fld == "mode":
+        if value not in MODES:
+            raise ValueError(f"allowed: {', '.join(MODES)}")
+        return value
     raise ValueError(f"allowed fields: {', '.join(OVERRIDABLE_FIELDS)}")
 
 
@@ -349,7 +387,7 @@ def resolve_overrides(policy: Policy, overrides: Mapping[str, Any] | None) -> Re
     allowed = set(policy.allow_overrides)
     rule_names = [r.name for r in policy.rules]
     allowed_keys = sorted(
-        ({"enabled"} & allowed)
+        (set(REQUEST_OVERRIDES) & allowed)
         | {f"{r}.{f}" for r in rule_names for f in OVERRIDABLE_FIELDS if f"{r}.{f}" in allowed or f"*.{f}" in allowed}
     )
     hint = f"allowed override keys for policy {policy.name!r}: {', '.join(allowed_keys) or '(none)'}"
@@ -357,7 +395,7 @@ def resolve_overrides(policy: Policy, overrides: Mapping[str, Any] | None) -> Re
         rule_name, dot, fld = key.rpartition(".")
         if not dot:
             rule_name, fld = "", key
-        permitted = (key == "enabled" and "enabled" in allowed) or (
+        permitted = (key in REQUEST_OVERRIDES and key in allowed) or (
             rule_name in rule_names and (key in allowed or f"*.{fld}" in allowed)
         )
         if not permitted:
@@ -367,7 +405,9 @@ def resolve_overrides(policy: Policy, overrides: Mapping[str, Any] | None) -> Re
             coerced = _coerce_override(fld, value, rule)
         except ValueError as exc:
             raise AxisguardError(f"override {key!r}: bad value {value!r}; {exc}", hint) from None
-        if rule is None:
+        if rule is None and fld == "mode":
+            result.mode = coerced
+        elif rule is None:
             result.enabled = coerced
         else:
             result.rules.setdefault(rule_name, {})[fld] = coerced

@@ -44,7 +44,7 @@ from guard.pack import AxisPack
 from guard.policy import Policy, ResolvedRule, require_runnable, resolve_overrides
 from guard.rows import RowMap, StepIndex
 from guard.steering import SteerOp, z_to_cosine
-from guard.verdict import Verdict, assemble_verdict
+from guard.verdict import SHADOWED, Verdict, assemble_verdict
 
 __all__ = ["Guard", "RowMap", "Verdict"]  # what adapters import from here
 
@@ -57,6 +57,7 @@ class _Request:
     stopped: bool = False
     error_stop: bool = False
     steering: bool = False
+    shadow: bool = False
     errors: int = 0
 
 
@@ -157,7 +158,7 @@ class Guard:
             if request_id in self._requests:
                 self._drop(request_id)
             slot = self.monitor.allocate(resolved, self._resolve_threshold)
-            self._requests[request_id] = _Request(slot)
+            self._requests[request_id] = _Request(slot, shadow=(resolved.mode or self.policy.mode) == "shadow")
             self._slot_owner[slot] = request_id
             if self.metrics is not None:
                 self.metrics.set_active(len(self._requests))
@@ -332,12 +333,16 @@ class Guard:
             if request_id is None:
                 continue
             req = self._requests[request_id]
-            if event.action == "stop":
+            action = event.action
+            if req.shadow and action in SHADOWED:
+                action = "would_" + action  # judged and counted, the output is left alone
+            elif action == "stop":
                 req.stopped = True
-            elif event.action == "steer":
+            elif action == "steer":
                 req.steering = True
             if self.metrics is not None:
-                self.metrics.inc_action(self.pack.axis_names[self.rules[event.rule_index].axis_index], event.action)
+                rule = self.rules[event.rule_index]
+                self.metrics.inc_action(self.pack.axis_names[rule.axis_index], action, rule.rule.name)
 
     def record_error(self, stage: str, exc: BaseException, request_ids: Any = ()) -> None:
         """For adapters: count and handle an exception raised in their own glue code exactly like one
@@ -402,4 +407,5 @@ class Guard:
         return assemble_verdict(
             request_id, self.monitor.snapshot(req.slot), self.rules, self.monitor.axis_names,
             self.monitor.trajectory_tokens, stopped=req.stopped, error_stop=req.error_stop, errors=req.errors,
+            policy_name=self.policy.name,
         )

@@ -54,8 +54,8 @@ def test_guard_metrics_names_labels_and_values():
     m = {"model_name": "tiny-model"}
     assert value("axisguard_tokens_scored_total", {**m, "phase": "prompt"}) == 4
     assert value("axisguard_tokens_scored_total", {**m, "phase": "generation"}) == 6
-    assert value("axisguard_actions_total", {**m, "axis": "refusal", "action": "steer"}) == 1
-    assert value("axisguard_actions_total", {**m, "axis": "toxicity", "action": "flag"}) == 1
+    assert value("axisguard_actions_total", {**m, "axis": "refusal", "action": "steer", "rule": "harm"}) == 1
+    assert value("axisguard_actions_total", {**m, "axis": "toxicity", "action": "flag", "rule": "tox"}) == 1
     assert value("axisguard_steered_tokens_total", {**m, "axis": "refusal", "method": "add"}) == 4  # 1 prompt + 3
     assert value("axisguard_requests_finished_total", {**m, "outcome": "steered"}) == 1
     assert value("axisguard_requests_finished_total", {**m, "outcome": "flagged"}) == 1
@@ -97,6 +97,24 @@ def test_exposition_passes_promtool():
     promtool_check(generate_latest(registry))
 
 
+def test_shadow_mode_counts_what_it_would_do_and_changes_nothing():
+    registry = CollectorRegistry()
+    guard = Guard(PACK, POLICY.model_copy(update={"mode": "shadow"}), GuardMetrics("tiny-model", registry))
+    prompt = RowMap(["a"], torch.tensor([0, 0]), torch.ones(2, dtype=torch.bool))
+    delta = guard.on_hidden(PACK.layer, hidden_for_z(PACK, [[0, 0, 0], [3, 0, 0]]), prompt)
+    verdict = guard.finish_request("a")
+    guard.flush_metrics()
+    assert delta is None or not delta.any()
+    assert verdict is not None and verdict.would_steer and not verdict.steered and verdict.mode == "shadow"
+    assert verdict.actions == ["would_steer"] and verdict.fired[0]["action"] == "would_steer"
+    value = registry.get_sample_value
+    m = {"model_name": "tiny-model", "axis": "refusal", "rule": "harm"}
+    assert value("axisguard_actions_total", {**m, "action": "would_steer"}) == 1
+    assert value("axisguard_actions_total", {**m, "action": "steer"}) is None
+    assert value("axisguard_steered_tokens_total", {"model_name": "tiny-model", "axis": "refusal", "method": "add"}) \
+        is None
+
+
 def test_multiprocess_directory_mode(tmp_path):
     """Two processes write under PROMETHEUS_MULTIPROC_DIR; the merged view sums their counters."""
     script = textwrap.dedent("""
@@ -116,7 +134,7 @@ def test_multiprocess_directory_mode(tmp_path):
     ).stdout
     text = merged.decode()
     assert 'axisguard_tokens_scored_total{model_name="tiny-model",phase="prompt"} 8.0' in text
-    assert 'axisguard_actions_total{action="steer",axis="refusal",model_name="tiny-model"} 2.0' in text
+    assert 'axisguard_actions_total{action="steer",axis="refusal",model_name="tiny-model",rule="harm"} 2.0' in text
     assert "axisguard_drift{" in text and "axisguard_pack_info{" in text
     assert 'pid="' not in text  # gauges use merge modes that do not fan out per process
     if PROMTOOL is not None:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from guard.errors import AxisguardError, MismatchError
 from integrations.environment import environment
+from integrations.vllm.choices import choice_key, in_choice_order
 from integrations.vllm.config import GuardConfig, overrides_from_extra_args
 from integrations.vllm.engine import check_pack_matches, served_model_from_folder
 from integrations.vllm.verdicts import VerdictStore, external_id, id_matches
@@ -85,11 +86,21 @@ def test_client_ids_match_internal_ids() -> None:
     assert not id_matches("1", "10-0badcafe")
 
 
+def test_n_samples_are_choices_in_order() -> None:
+    # n > 1: vLLM's children are "<sample>_<parent internal id>" (the cause of the old 404)
+    assert id_matches("chatcmpl-abc", "1_chatcmpl-abc-1f2e3d4c")
+    assert not id_matches("chatcmpl-ab", "1_chatcmpl-abc-1f2e3d4c")
+    assert choice_key("cmpl-x", "1_cmpl-x-2-0badcafe") == (2, 1)
+    found = [(f"{j}_cmpl-x-{p}-0badcafe", {"p": p, "j": j}) for p in (1, 0) for j in (1, 0)]
+    ordered = in_choice_order("cmpl-x", found + [("0_cmpl-y-0badcafe", {"other": 1})])
+    assert [(v["p"], v["j"], v["index"]) for v in ordered] == [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)]
+
+
 def test_verdict_store_is_bounded() -> None:
     store = VerdictStore(capacity=2)
     for i in range(3):
         store.put(f"r{i}-0000000{i}", {"request_id": f"r{i}"})
-    assert len(store) == 2 and store.matching("r0") == [] and store.matching("r2") == [{"request_id": "r2"}]
+    assert len(store) == 2 and store.matching("r0") == [] and store.matching("r2") == [("r2-00000002", {"request_id": "r2"})]
 
 
 # --- pack vs model --------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_finished_requests_are_released(llm: Any) -> None:
         flush_finished(llm)
         session = session_of(llm)
         assert session.status()["active_requests"] == 0
-        assert all(any(v["request_id"] == rid for v in session.verdicts.matching(rid)) for rid in recorder.rows)
+        assert all(any(v["request_id"] == rid for _, v in session.verdicts.matching(rid)) for rid in recorder.rows)
 
 
 def test_repeated_prompt_is_scored_in_full(llm: Any) -> None:

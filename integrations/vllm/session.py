@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 
 from guard.runtime import Guard
+from integrations.vllm.choices import in_choice_order
 from integrations.vllm.config import overrides_from_extra_args
 from integrations.vllm.hooks import add_to_stream, install_layer_hooks, residual_stream
 from integrations.vllm.row_mapping import StepRows, step_rows_from_runner
@@ -184,15 +185,16 @@ class GuardSession:
                 self._guarded("should_stop", consumer.should_stop, rid)]
 
     def lookup(self, query: str) -> list[dict[str, Any]]:
-        """Verdicts for a client's request id: finished ones from the store, running ones live."""
-        found = list(self.verdicts.matching(query))
+        """Verdicts for a client's request id, one per choice in the response's order (``index``):
+        finished ones from the store, running ones live."""
+        found = self.verdicts.matching(query)
         if self.consumer is not None:
             for rid in sorted(self._active):
                 if id_matches(query, rid):
                     verdict = self._guarded("verdict", self.consumer.verdict, rid)
                     if verdict is not None:
-                        found.append(verdict)
-        return found
+                        found.append((rid, verdict))
+        return in_choice_order(query, found)
 
     def status(self) -> dict[str, Any]:
         return {

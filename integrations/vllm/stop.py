@@ -27,6 +27,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from guard.errors import AxisguardError
 from guard.policy import Policy, resolve_overrides
 from integrations.vllm.config import GuardConfig, overrides_from_extra_args
+from integrations.vllm.policy_reload import current_policy
 from integrations.vllm.session import session_for
 from probes.policies import policy_or_default
 
@@ -59,7 +60,7 @@ class GuardStopLogitsProcessor(LogitsProcessor):
             config = GuardConfig.from_env()
             if config is None or config.mode != "guard":
                 return
-            resolve_overrides(_policy(config.policy), overrides)
+            resolve_overrides(current_policy() or _policy(config.policy), overrides)
         except AxisguardError as exc:
             raise ValueError(f"axisguard: {exc}") from None
 

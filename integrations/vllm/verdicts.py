@@ -21,6 +21,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from integrations.vllm.choices import choice_key, external_id
+
+__all__ = ["VerdictStore", "attach_verdicts", "external_id", "get_verdict", "get_verdicts", "guard_status", "id_matches"]
+
 
 def _call(llm: Any, op: str, *args: Any) -> Any:
     results = llm.collective_rpc("axisguard_call", args=(op, *args))
@@ -54,23 +58,9 @@ def guard_status(llm: Any) -> dict[str, Any] | None:
     return _call(llm, "status")
 
 
-_SUFFIX_LEN = 8  # vLLM appends f"-{random_uuid():.8}" unless VLLM_DISABLE_REQUEST_ID_RANDOMIZATION
-
-
-def external_id(internal_id: str) -> str:
-    """The client-visible id of an internal vLLM request id (best effort: strips the random suffix)."""
-    head, dash, tail = internal_id.rpartition("-")
-    if dash and len(tail) == _SUFFIX_LEN and all(c in "0123456789abcdef" for c in tail):
-        return head
-    return internal_id
-
-
 def id_matches(query: str, internal_id: str) -> bool:
-    """Whether a client's id names this internal request (itself, or one of its sub-requests)."""
-    if query == internal_id:
-        return True
-    ext = external_id(internal_id)
-    return ext == query or ext.startswith((query + "-", query + "_"))
+    """Whether a client's id names this internal request (itself, a sub-request or an ``n > 1`` sample)."""
+    return choice_key(query, internal_id) is not None
 
 
 class VerdictStore:
@@ -86,11 +76,12 @@ class VerdictStore:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def matching(self, query: str) -> list[dict[str, Any]]:
+    def matching(self, query: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(internal id, verdict)`` of every finished request the client's id covers."""
         exact = self._items.get(query)
         if exact is not None:
-            return [exact]
-        return [v for k, v in self._items.items() if id_matches(query, k)]
+            return [(query, exact)]
+        return [(k, v) for k, v in self._items.items() if id_matches(query, k)]
 
     def __len__(self) -> int:
         return len(self._items)

@@ -18,7 +18,7 @@ import numpy as np
 
 from guard.errors import AxisguardError
 from integrations.vllm.config import GuardConfig
-from integrations.vllm.session import GuardConsumer, GuardSession, make_metrics
+from integrations.vllm.session import GuardSession, make_metrics
 from integrations.vllm.tensor_parallel import step_sync_for
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,12 @@ def attach(worker: Any, config: GuardConfig | None = None) -> GuardSession | Non
         guard = Guard(pack, policy, metrics=metrics, model_name=model_name)
         layers = list(guard.layers)
         if sync.is_scoring_rank:
-            consumer = GuardConsumer(guard)
+            from integrations.vllm.live_policy import LivePolicyConsumer
+
+            def make_guard(new_policy: Any) -> Guard:
+                return Guard(pack, new_policy, metrics=metrics, model_name=model_name)
+
+            consumer = LivePolicyConsumer(guard, make_guard, layers, metrics)
             on_error = consumer.report_error
         else:
             consumer = None
@@ -97,6 +102,8 @@ def rpc(worker: Any, op: str, *args: Any) -> Any:
         return [session.lookup(str(query)) for query in args[0]]
     if op == "status":
         return session.status()
+    if op == "set_policy":  # (policy text, source): the live reload, between two engine steps
+        return _set_policy(session, str(args[0]), str(args[1]))
     if op == "captures":
         take = getattr(session.consumer, "take", None)
         if take is None:
@@ -110,4 +117,17 @@ def rpc(worker: Any, op: str, *args: Any) -> Any:
             for j, layer in enumerate(session.layers):
                 values[i, j] = done[rid][layer]
         return {"ids": list(done), "layers": session.layers, "shape": list(values.shape), "data": values.tobytes()}
-    raise ValueError(f"unknown axisguard rpc {op!r}; allowed: verdicts, verdicts_many, status, captures")
+    raise ValueError(f"unknown axisguard rpc {op!r}; allowed: verdicts, verdicts_many, status, set_policy, captures")
+
+
+def _set_policy(session: GuardSession, text: str, source: str) -> dict[str, Any]:
+    """Swap the policy of new requests; an answer with ``error`` (and the old policy running) if refused."""
+    from guard.policy import policy_from_text
+
+    swap = getattr(session.consumer, "set_policy", None)
+    if swap is None:
+        return {"error": "this worker does not guard (capture mode); nothing to reload"}
+    try:
+        return dict(swap(policy_from_text(text, source)))
+    except AxisguardError as exc:
+        return {"error": str(exc)}
