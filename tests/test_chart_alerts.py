@@ -46,17 +46,29 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]
         [series("axisguard_errors_total", "0+2x60", stage="score"), finished(10)],
         [series("axisguard_errors_total", "0+2x60", stage="finish"), finished(10)],  # not a hook stage
     ),
-    "AxisguardFlagRateHigh": (
-        {"axis": "toxicity", "severity": "warning"},
-        [series("axisguard_actions_total", "0+5x60", axis="toxicity", action="flag"), finished(10)],
-        [series("axisguard_actions_total", "0+1x60", axis="toxicity", action="flag"), finished(10),
+    "AxisguardFlagRateHigh": (  # per rule: two rules on one axis, only the busy one alerts
+        {"axis": "toxicity", "rule": "tox_gen", "severity": "warning"},
+        [series("axisguard_actions_total", "0+5x60", axis="toxicity", action="flag", rule="tox_gen"),
+         series("axisguard_actions_total", "0+1x60", axis="toxicity", action="flag", rule="tox_prompt"),
+         finished(10)],
+        [series("axisguard_actions_total", "0+1x60", axis="toxicity", action="flag", rule="tox_gen"),
+         series("axisguard_actions_total", "0+1x60", axis="toxicity", action="flag", rule="tox_prompt"),
+         finished(10),
          # a high share, but of almost no traffic (below minRequestRate)
-         series("axisguard_actions_total", "0+0.1x60", axis="privacy", action="flag")],
+         series("axisguard_actions_total", "0+0.1x60", axis="privacy", action="flag", rule="priv")],
     ),
     "AxisguardSteerRateHigh": (
-        {"axis": "refusal", "severity": "warning"},
-        [series("axisguard_actions_total", "0+6x60", axis="refusal", action="steer"), finished(10)],
-        [series("axisguard_actions_total", "0+6x60", axis="refusal", action="flag"), finished(10)],
+        {"axis": "refusal", "rule": "harm_steer", "severity": "warning"},
+        [series("axisguard_actions_total", "0+6x60", axis="refusal", action="steer", rule="harm_steer"), finished(10)],
+        [series("axisguard_actions_total", "0+6x60", axis="refusal", action="flag", rule="harm_flag"), finished(10),
+         # shadow mode counts what it would do; that is no steering
+         series("axisguard_actions_total", "0+6x60", axis="refusal", action="would_steer", rule="harm_steer")],
+    ),
+    "AxisguardPolicyReloadRefused": (
+        {"severity": "warning"},
+        [series("axisguard_policy_reloads_total", "0x30 1x30", result="refused"),
+         series("axisguard_policy_reloads_total", "0+1x60", result="applied")],
+        [series("axisguard_policy_reloads_total", "0+1x60", result="applied")],
     ),
     "AxisguardStopRateHigh": (
         {"severity": "warning"},

@@ -32,7 +32,13 @@ What it does and where (the modules the next change will touch first are marked 
 ``tensor_parallel``    TP: rank 0 scores and decides, every rank adds the same delta
 ``verdicts`` *         finished verdicts kept (bounded, client ids matched to internal ids) and
                        the offline verdict API (``get_verdict``, ``attach_verdicts``)
-``routes`` *           ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``
+``choices``            which choice of a response an engine request is (``n > 1``, several prompts)
+``live_policy``        policy generations in the worker: swapped between steps, running requests
+                       keep theirs
+``routes`` *           ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``,
+                       ``GET|POST /axisguard/policy``
+``policy_reload``      API server: the policy in force, its file watch and the POST route's checks
+``inband``             ASGI middleware: the verdict in each response, ``content_filter``, headers
 ``capture``            activation capture through the same hooks, and ``VllmExtractor`` for
                        ``axisguard calibrate/adapt --engine vllm``
 =====================  ========================================================================

@@ -2,8 +2,9 @@
 
 **Stop.** When the guard decides to stop a request, its next sampled token is forced to the
 request's end-of-sequence token (all other logits to -inf), so vLLM finishes it the normal way:
-the client gets a regular response with ``finish_reason == "stop"`` and whatever was generated so
-far, and the verdict (``stopped: true``, the rule that fired) tells why. A decision made while the
+vLLM reports ``finish_reason == "stop"`` with whatever was generated so far; on the server the
+in-band middleware (``inband``) turns that into ``"content_filter"`` (and the rule's ``stop.message``
+when nothing was generated), and the verdict (``stopped: true``, the rule that fired) tells why. A decision made while the
 prompt is read therefore yields an empty completion. Requests with ``ignore_eos`` and no stop
 token ids cannot be ended this way; they run to ``max_tokens`` with ``stopped: true`` in the verdict.
 
