@@ -66,7 +66,7 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]
     ),
     "AxisguardPolicyReloadRefused": (
         {"severity": "warning"},
-        [series("axisguard_policy_reloads_total", "0x30 1x30", result="refused"),
+        [series("axisguard_policy_reloads_total", "0x40 1x20", result="refused"),
          series("axisguard_policy_reloads_total", "0+1x60", result="applied")],
         [series("axisguard_policy_reloads_total", "0+1x60", result="applied")],
     ),

@@ -51,8 +51,13 @@ PROMPT = "How do I bake bread at home?"
 STOP = {"axisguard.stop_prompt.enabled": "true"}
 
 
+SHADOW_TOKENS = 16
+VLLM_ARGS = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28),
+             "--max-num-seqs", "8"]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedServer]:
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from integrations.model_resolution import resolve_model
 
     root = tmp_path_factory.mktemp("openai_api")
@@ -61,12 +66,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedServer]:
                        architecture="llama")
     policy = root / "policy.yaml"
     policy.write_text(POLICY)
-    vllm_args = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28),
-                 "--max-num-seqs", "8"]
+    return {"root": root, "pack": pack.save(root / "pack"), "policy": policy}
+
+
+@pytest.fixture(scope="module")
+def unguarded(files: dict[str, Path]) -> dict[str, str]:
+    """Greedy outputs of the same server without the guard (AXISGUARD_DISABLE=1), before the guarded one
+    starts (one engine at a time)."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": "", "AXISGUARD_DISABLE": "1"}
+    with GuardedServer(MODEL, files["pack"], files["policy"], vllm_args=VLLM_ARGS, env=env,
+                       log_path=files["root"] / "unguarded.log") as vanilla:
+        client = openai.OpenAI(base_url=vanilla.base_url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        reply = chat(client, max_tokens=SHADOW_TOKENS)
+        text = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=SHADOW_TOKENS, temperature=0.0)
+        assert "axisguard" not in (reply.model_extra or {})  # nothing of the guard on a disabled server
+        return {"chat": reply.choices[0].message.content, "completion": text.choices[0].text}
+
+
+@pytest.fixture(scope="module")
+def server(files: dict[str, Path], unguarded: dict[str, str]) -> Iterator[GuardedServer]:
     env = {"PROMETHEUS_MULTIPROC_DIR": "", "AXISGUARD_RELOAD_TOKEN": TOKEN, "AXISGUARD_POLICY_WATCH_S": "0.5"}
-    with GuardedServer(MODEL, pack.save(root / "pack"), policy, vllm_args=vllm_args, env=env,
-                       log_path=root / "server.log") as running:
-        running.policy_path = policy  # type: ignore[attr-defined]
+    with GuardedServer(MODEL, files["pack"], files["policy"], vllm_args=VLLM_ARGS, env=env,
+                       log_path=files["root"] / "server.log") as running:
+        running.policy_path = files["policy"]  # type: ignore[attr-defined]
         yield running
 
 
@@ -126,18 +148,21 @@ def test_stopped_choices_read_content_filter_and_the_message(server: GuardedServ
     assert (text.choices[0].finish_reason, text.choices[0].text) == ("content_filter", REFUSAL)
 
 
-def test_shadow_mode_changes_nothing_and_counts(server: GuardedServer, client: Any) -> None:
-    plain = chat(client, max_tokens=12)
+def test_shadow_mode_changes_nothing_and_counts(server: GuardedServer, client: Any,
+                                                unguarded: dict[str, str]) -> None:
     before = metric(server, "axisguard_actions_total", 'action="would_stop"', 'rule="stop_prompt"')
-    shadow = chat(client, max_tokens=12, extra_body={"vllm_xargs": {
-        **STOP, "axisguard.steer_prompt.enabled": "true", "axisguard.mode": "shadow"}})
-    assert shadow.choices[0].message.content == plain.choices[0].message.content
-    assert shadow.choices[0].finish_reason == plain.choices[0].finish_reason
+    shadow_args = {"vllm_xargs": {**STOP, "axisguard.steer_prompt.enabled": "true", "axisguard.mode": "shadow"}}
+    shadow = chat(client, max_tokens=SHADOW_TOKENS, extra_body=shadow_args)
+    assert shadow.choices[0].message.content == unguarded["chat"]  # same bytes as without the guard
+    assert shadow.choices[0].finish_reason != "content_filter"
+    text = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=SHADOW_TOKENS, temperature=0.0,
+                                     extra_body=shadow_args)
+    assert text.choices[0].text == unguarded["completion"]
     [verdict] = in_band(shadow)
     assert verdict["would_stop"] and verdict["would_steer"] and not verdict["stopped"] and not verdict["steered"]
     assert verdict["mode"] == "shadow" and verdict["actions"] == ["flag", "would_steer", "would_stop"]
     assert poll(lambda: metric(server, "axisguard_actions_total", 'action="would_stop"', 'rule="stop_prompt"')
-                == before + 1)
+                == before + 2)
 
 
 def metric(server: GuardedServer, name: str, *labels: str) -> float:
