@@ -214,3 +214,19 @@ def test_actions_are_counted_in_metrics(llm: Any) -> None:
     before = metric(llm, "axisguard_actions_total", axis="toxicity", action="flag")
     run(llm, [params()] * 3)
     assert metric(llm, "axisguard_actions_total", axis="toxicity", action="flag") == before + 3
+
+
+def test_every_sample_of_n_is_guarded_and_has_its_verdict(llm: Any) -> None:
+    """n > 1 (issue #13): each sample is its own engine request; all are scored and stopped, and found."""
+    from vllm import SamplingParams
+
+    from integrations.vllm.verdicts import attach_verdicts
+
+    sampling = SamplingParams(n=2, max_tokens=MAX_TOKENS, temperature=0.8, seed=0,
+                              extra_args={"axisguard": {"stop_prompt": {"enabled": True}}})
+    [output] = llm.generate(PROMPTS[:1], sampling, use_tqdm=False)
+    flush_finished(llm)
+    attach_verdicts(llm, [output])
+    found = output.axisguard_verdicts
+    assert [v["index"] for v in found] == [0, 1] and all(v["stopped"] for v in found)
+    assert all(len(sample.token_ids) <= 1 for sample in output.outputs)  # ended at once: the forced EOS

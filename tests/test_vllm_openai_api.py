@@ -52,6 +52,7 @@ STOP = {"axisguard.stop_prompt.enabled": "true"}
 
 
 SHADOW_TOKENS = 16
+RUNNING_TOKENS = 160
 VLLM_ARGS = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 28),
              "--max-num-seqs", "8"]
 
@@ -205,20 +206,23 @@ def test_bad_reload_is_refused_and_counted(server: GuardedServer) -> None:
 
 
 def test_reload_changes_the_next_request_not_a_running_one(server: GuardedServer, client: Any) -> None:
-    running = chat(client, max_tokens=48, stream=True, extra_body={"ignore_eos": True})
+    running = chat(client, max_tokens=RUNNING_TOKENS, stream=True, extra_body={"ignore_eos": True})
     first = next(iter(running))  # the request is in the engine, under the old policy
     stopping = POLICY.replace("name: api-test", "name: api-test-2").replace(
         "action: stop\n    enabled: false", "action: stop\n    enabled: true")
     server.policy_path.write_text(stopping)  # type: ignore[attr-defined]  # the file watch picks it up
     assert poll(lambda: http_json(server.base_url + "/axisguard/policy")[1]["name"] == "api-test-2")
+    after = chat(client, max_tokens=8)  # most likely shares steps with the running one (both policies live)
+    assert after.choices[0].finish_reason == "content_filter" and in_band(after)[0]["policy"] == "api-test-2"
     rest = list(running)
     [verdict] = in_band(rest[-1])
     assert verdict["policy"] == "api-test" and not verdict["stopped"] and rest[-1].id == first.id
+    assert verdict["generated_tokens"] >= RUNNING_TOKENS - 1  # the last sampled token is never fed back
     assert [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason] == ["length"]
-    after = chat(client, max_tokens=8)
-    assert after.choices[0].finish_reason == "content_filter" and in_band(after)[0]["policy"] == "api-test-2"
     status, reply = post_policy(server, POLICY)  # and back over HTTP
     assert status == 200 and reply["applied"] and reply["name"] == "api-test"
     assert chat(client, max_tokens=2).choices[0].finish_reason != "content_filter"
     assert metric(server, "axisguard_policy_reloads_total", 'result="applied"') >= 2
     assert metric(server, "axisguard_policy_info", 'name="api-test"') == 1
+    assert metric(server, "axisguard_policy_info", 'name="api-test-2"') == 0
+    assert http_json(server.base_url + "/axisguard/status")[1]["errors"] == {}

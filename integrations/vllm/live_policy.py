@@ -66,6 +66,11 @@ class LivePolicyConsumer:
         self._publish(None)
 
     @property
+    def guard(self) -> Guard:
+        """The guard new requests start under (the newest generation)."""
+        return self.current.guard
+
+    @property
     def policy(self) -> Policy:
         return self.current.guard.policy
 

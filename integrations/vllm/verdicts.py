@@ -43,12 +43,14 @@ def get_verdict(llm: Any, request_id: str) -> dict[str, Any] | None:
 
 
 def attach_verdicts(llm: Any, outputs: Sequence[Any]) -> list[dict[str, Any] | None]:
-    """Look up each output's verdict and set it as ``output.axisguard_verdict``; returns them in order."""
+    """Look up each output's verdict and set it as ``output.axisguard_verdict`` (with ``n > 1``, every
+    sample's as ``output.axisguard_verdicts``, in ``output.outputs`` order); returns the first ones."""
     per_output = _call(llm, "verdicts_many", [str(o.request_id) for o in outputs]) or [[] for _ in outputs]
     found = []
     for output, verdicts in zip(outputs, per_output, strict=True):
         verdict = verdicts[0] if verdicts else None
         output.axisguard_verdict = verdict
+        output.axisguard_verdicts = list(verdicts)
         found.append(verdict)
     return found
 
