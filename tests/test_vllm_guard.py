@@ -211,9 +211,10 @@ def test_an_error_inside_the_guard_is_counted_and_the_request_completes(
 
 
 def test_actions_are_counted_in_metrics(llm: Any) -> None:
-    before = metric(llm, "axisguard_actions_total", axis="toxicity", action="flag")
+    labels = {"axis": "toxicity", "action": "flag", "rule": "flag_all"}
+    before = metric(llm, "axisguard_actions_total", **labels)
     run(llm, [params()] * 3)
-    assert metric(llm, "axisguard_actions_total", axis="toxicity", action="flag") == before + 3
+    assert metric(llm, "axisguard_actions_total", **labels) == before + 3
 
 
 def test_every_sample_of_n_is_guarded_and_has_its_verdict(llm: Any) -> None:
@@ -222,7 +223,7 @@ def test_every_sample_of_n_is_guarded_and_has_its_verdict(llm: Any) -> None:
 
     from integrations.vllm.verdicts import attach_verdicts
 
-    sampling = SamplingParams(n=2, max_tokens=MAX_TOKENS, temperature=0.8, seed=0,
+    sampling = SamplingParams(n=2, max_tokens=MAX_TOKENS, temperature=0.8,
                               extra_args={"axisguard": {"stop_prompt": {"enabled": True}}})
     [output] = llm.generate(PROMPTS[:1], sampling, use_tqdm=False)
     flush_finished(llm)

@@ -99,8 +99,8 @@ def client(server: GuardedServer) -> Any:
 
 
 def chat(client: Any, **kwargs: Any) -> Any:
-    """Greedy, except n > 1 (vLLM refuses greedy samples): then sampled with a fixed seed."""
-    sampling = {"temperature": 0.8, "seed": 0} if kwargs.get("n", 1) > 1 else {"temperature": 0.0}
+    """Greedy, except n > 1 (vLLM refuses greedy samples): then sampled (no seed: vLLM-CPU fails on seeded samples in some paths)."""
+    sampling = {"temperature": 0.8} if kwargs.get("n", 1) > 1 else {"temperature": 0.0}
     return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
                                           **sampling, **kwargs)
 
@@ -131,7 +131,7 @@ def test_streamed_verdict_is_in_the_last_chunk(server: GuardedServer, client: An
 
 def test_completions_with_prompts_and_samples(server: GuardedServer, client: Any) -> None:
     reply = client.completions.create(model=MODEL, prompt=[PROMPT, "Name a colour."], n=2, max_tokens=3,
-                                      temperature=0.8, seed=0)
+                                      temperature=0.8)
     verdicts = in_band(reply)
     assert [v["index"] for v in verdicts] == [0, 1, 2, 3] == [c.index for c in reply.choices]
     assert verdicts == server.verdicts(reply.id)
