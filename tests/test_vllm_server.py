@@ -99,7 +99,7 @@ def test_steer_changes_the_output_and_stop_ends_it(server: GuardedServer) -> Non
     assert server.verdicts(steered["id"])[0]["steered"]
     stopped = server.chat(PROMPTS[0], max_tokens=16, xargs={"axisguard.stop_prompt.enabled": "true"})
     choice = stopped["choices"][0]
-    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == ""
+    assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] == ""  # no stop.message
     assert server.verdicts(stopped["id"])[0]["stopped"]
 
 
