@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from axisguard_cli.main import cli
 from guard.errors import AxisguardError
-from guard.policy import Policy, check_against_pack, load_policy, resolve_overrides
+from guard.policy import Policy, check_against_pack, load_policy, policy_digest, resolve_overrides
 from probes.policies import default_policy
 from tests.pack_factory import random_pack
 
@@ -111,6 +111,27 @@ def test_overrides_follow_the_allow_list_and_coerce_http_strings():
         resolve_overrides(no_steer, {"syc.action": "steer"})
     with pytest.raises(AxisguardError, match="not allowed"):
         resolve_overrides(policy, {"ghost.threshold": 1})
+
+
+def test_shadow_mode_override_and_stop_message():
+    policy = Policy.model_validate(GOOD)
+    with pytest.raises(AxisguardError, match="not allowed"):  # only when the policy lists "mode"
+        resolve_overrides(policy, {"mode": "shadow"})
+    shadowable = Policy.model_validate(bad(allow_overrides=["mode"]))
+    assert resolve_overrides(shadowable, {"mode": "shadow"}).mode == "shadow"
+    assert resolve_overrides(shadowable, {}).mode is None  # the policy's own mode
+    with pytest.raises(AxisguardError, match="allowed: enforce, shadow"):
+        resolve_overrides(shadowable, {"mode": "off"})
+    with pytest.raises(AxisguardError, match="not allowed"):  # a rule has no mode; rule names come from the policy
+        resolve_overrides(shadowable, {"harm.mode": "shadow"})
+    with pytest.raises(AxisguardError, match="allow_overrides entry 'harm.mode'"):
+        Policy.from_mapping(bad(allow_overrides=["harm.mode"]))
+    stopping = Policy.model_validate(bad(mode="shadow", rules__0__stop={"message": "No."}))
+    assert stopping.mode == "shadow" and stopping.rules[0].stop is not None and stopping.rules[0].stop.message == "No."
+    assert policy_digest(stopping) != policy_digest(policy)
+    assert policy_digest(Policy.model_validate(GOOD)) == policy_digest(policy)  # content, not identity
+    with pytest.raises(AxisguardError, match="mode"):
+        Policy.from_mapping(bad(mode="loud"))
 
 
 def test_check_against_pack_binds_rules_and_reports_problems():
