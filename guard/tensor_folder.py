@@ -100,3 +100,32 @@ def read_folder(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, 
         if name not in tensors or list(tensors[name].shape) != shape:
             raise IntegrityError(f"{tensor_path}: tensor {name!r} missing or of the wrong shape")
     return manifest, tensors
+
+
+def check_pinned_digest(path: str | Path, expected_sha256: str, source: str = "the pin") -> None:
+    """Refuse an artifact folder whose manifest digest is not ``expected_sha256``.
+
+    The unkeyed hashes in the manifest only catch edits made without recomputing them (corruption, a
+    hand-edited file): anyone who can write the folder can write a different but self-consistent
+    artifact. Pinning the manifest digest the deployer approved closes that: a swapped pack has
+    another ``manifest_sha256``. ``read_folder`` then ties the tensors to this manifest.
+    """
+    path = Path(path)
+    expected = expected_sha256.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise AxisguardError(f"{source}: {expected_sha256!r} is not a sha256 hex digest",
+                             f"use the pack's manifest_sha256 (jq -r .manifest_sha256 {path / MANIFEST})")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{path / MANIFEST}: cannot read the manifest to check {source} ({exc})",
+                             "point the pack setting at a folder written by `axisguard adapt`") from None
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{path / MANIFEST}: not a JSON object", "re-create the artifact")
+    recorded = manifest.pop("manifest_sha256", None)
+    actual = sha256_bytes(_canonical_json(manifest))
+    if recorded != actual or actual != expected:
+        raise IntegrityError(
+            f"{path} has manifest_sha256 {actual}, but {source} pins {expected}: not the approved pack",
+            "deploy the pinned pack, or update the pin to the new pack's manifest_sha256 after reviewing it",
+        )

@@ -6,6 +6,8 @@
   404 when the id is unknown.
 * ``GET /axisguard/status``: active requests, errors caught by stage, hooked layers.
 
+With ``--api-key`` (or ``VLLM_API_KEY``) every ``/axisguard`` route needs the same key (``route_auth``).
+
 vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them (``axisguard serve`` does that).
 Unconfigured, the factory returns a plugin that requires no task the server has, so vLLM skips it
 and no route is added. The routes reach the worker through ``collective_rpc("axisguard_call")``,
@@ -17,10 +19,11 @@ from __future__ import annotations
 from argparse import Namespace
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from integrations.vllm.config import is_configured
+from integrations.vllm.route_auth import remember_api_keys, require_api_key
 
 NAME = "axisguard"
 _STATE_KEY = "axisguard_engine_client"
@@ -36,7 +39,8 @@ async def _call(request: Request, op: str, *args: Any) -> Any:
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/axisguard", tags=["axisguard"])
+    # The dependency covers every route on this router, present and future (``route_auth``).
+    router = APIRouter(prefix="/axisguard", tags=["axisguard"], dependencies=[Depends(require_api_key)])
 
     @router.get("/requests/{request_id}")
     async def request_verdict(request_id: str, request: Request) -> JSONResponse:
@@ -70,6 +74,7 @@ class AxisguardEndpoints:
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         setattr(state, _STATE_KEY, engine_client)
+        remember_api_keys(state, args)
 
 
 def register() -> AxisguardEndpoints:
