@@ -56,9 +56,15 @@ def write_folder(path: str | Path, kind: str, meta: dict[str, Any], tensors: dic
         }
         manifest["manifest_sha256"] = sha256_bytes(_canonical_json(manifest))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        # The old folder is moved aside, not deleted first: at every instant `path` is either the
+        # complete old artifact or the complete new one (or, for a moment, absent; never partial).
+        old = None
         if path.exists():
-            shutil.rmtree(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from guard.atomic_files import write_text_atomic
 from guard.axes import AxisSpec
 from guard.errors import AxisguardError
 
@@ -215,8 +216,7 @@ def export_catalogue(catalogue: Catalogue, dest: str | Path, overwrite: bool = F
         )
     try:
         for path, text in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            write_text_atomic(path, text)
     except OSError as exc:
         raise AxisguardError(f"cannot write {exc.filename}: {exc.strerror}", "choose a writable directory") from exc
     return list(contents)

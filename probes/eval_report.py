@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from guard.anchor_space import AnchorSpace
+from guard.atomic_files import write_text_atomic
 from probes.activations import ModelActivations
 from probes.directions import native_directions
 
@@ -109,12 +110,12 @@ def write_report(out_dir: str | Path, results: dict, details: list[dict], models
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {**results, "summary": summary_by_method(results)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     md = ["# Leave-one-family-out evaluation", "",
           "Each model in turn is the target; the others are the sources. Only `native_axis` uses the target's labels "
           "(ceiling, reference only); every other method sees the target's anchors and the unlabeled prompts it scores.",
           "", f"Layers (target, chosen from anchors by CKA): {results['layers']}", "", markdown_table(results)]
-    (out / "results.md").write_text("\n".join(md))
+    write_text_atomic(out / "results.md", "\n".join(md))
     written = [out / "results.json", out / "results.md"]
     for detail in details:
         path = out / f"roc_{detail['target']}.png"
