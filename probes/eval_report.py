@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from guard.anchor_space import AnchorSpace
-from guard.atomic_files import write_text_atomic
+from guard.text_files import write_text_atomic
 from probes.activations import ModelActivations
 from probes.directions import native_directions
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from guard.atomic_files import write_text_atomic
 from guard.errors import AxisguardError, IntegrityError
 from guard.pack import AxisPack
 from guard.tensor_folder import MANIFEST, TENSORS, check_pinned_digest
+from guard.text_files import write_text_atomic
 from integrations.environment import environment
 from integrations.tiny_models import build_tiny_model
 from integrations.vllm.config import ENV_PACK_SHA256, GuardConfig

@@ -56,6 +56,7 @@ import yaml
 
 from guard.errors import AxisguardError
 from guard.tensor_folder import check_pinned_digest
+from guard.text_files import read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,7 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _read_config_file(path: Path) -> tuple[str, str, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AxisguardError(f"cannot read {ENV_CONFIG} file {path}: {exc.strerror}",
-                             "point it at a YAML or JSON file with 'pack' and optional 'policy'") from None
+    text = read_user_text(path, f"{ENV_CONFIG} file", "point it at a YAML or JSON file with 'pack' and optional 'policy'")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

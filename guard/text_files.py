@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written output file.
+"""Text files axisguard reads from users and writes for them.
+
+Reading (``read_user_text``): a file that cannot be read or is not UTF-8 is the user's input
+problem, so it is an ``AxisguardError`` naming the file, never a ``UnicodeDecodeError`` traceback.
+
+Writing is atomic: a reader (or a crash) never sees a half-written output file.
 
 Artifact folders (bundles, packs) are written whole into a temp folder and renamed
 (``guard.tensor_folder.write_folder``); single output files (exported catalogue files, evaluation
@@ -11,6 +16,19 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from guard.errors import AxisguardError
+
+
+def read_user_text(path: str | Path, what: str, hint: str) -> str:
+    """The UTF-8 text of a user-supplied file; ``AxisguardError`` (naming ``what`` and the file) if unreadable."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AxisguardError(f"cannot read {what} {path}: {exc.strerror or exc}", hint) from None
+    except UnicodeDecodeError as exc:
+        raise AxisguardError(f"{path}: {what} is not UTF-8 text (byte {exc.start}: {exc.reason})", hint) from None
 
 
 def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
