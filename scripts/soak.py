@@ -231,7 +231,9 @@ def check_guarded(outcomes: list[Outcome], metrics_text: str, status: dict[str, 
     allowed = {"axis": set(axes), "action": set(ACTIONS), "stage": set(ERROR_STAGES),
                "outcome": {"clean", "flagged", "steered", "stopped"}, "phase": {"prompt", "generation"},
                "method": {"add", "ablate", "clamp"}}
-    label_values = {(k, v) for _, labels, _ in samples for k, v in labels.items()}
+    # Every label but axisguard_pack_info's (which describes the loaded pack, fixed at start) must come
+    # from a closed set; none may carry anything a client sent.
+    label_values = {(k, v) for name, labels, _ in samples if name != "axisguard_pack_info" for k, v in labels.items()}
     stray = sorted((k, v) for k, v in label_values if k in allowed and v not in allowed[k])
     model_names = {v for k, v in label_values if k == "model_name"}
     if stray or len(model_names) > 1:
@@ -277,6 +279,7 @@ def soak(root: Path, requests: int, concurrency: int, baseline: bool, deadline_s
         rss["middle_max"] = {"max_process_mib": sampler.samples[len(sampler.samples) // 2] if sampler.samples else 0}
         rss["end"] = process_group_rss(pgid)
         rss["peak_during_load_mib"] = max(sampler.samples, default=0.0)
+        rss["samples_mib"] = sampler.samples
         status = server.get("/axisguard/status")[1]
         checks = check_guarded(outcomes, server.metrics(), status, AXES)
     report["guarded"] = {"timing": latency_summary(outcomes, wall), "rss": rss, "checks": checks}
@@ -306,6 +309,76 @@ def soak(root: Path, requests: int, concurrency: int, baseline: bool, deadline_s
     return report
 
 
+# --- reporting ----------------------------------------------------------------------------------------
+
+README_BEGIN, README_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    g, c = report["guarded"], report["guarded"]["checks"]
+    v, r = report.get("vanilla", {}), report.get("ratios_guarded_over_vanilla", {})
+    rows = [
+        ("requests / concurrency", f"{report['requests']} / {report['concurrency']}"),
+        ("completed / cancelled by client / refused overrides", f"{c['completed']} / {c['cancelled']} / "
+         f"{c['refused_400']} (400) + {c['refused_in_stream']} (streamed: error event)"),
+        ("lost (no HTTP answer) / 5xx (guarded, vanilla)", f"{c['no_answer']} / {c['http_5xx']}, "
+         f"{v.get('http_5xx', 'n/a')}"),
+        ("single-choice responses with exactly one verdict", f"{c['single_choice_with_one_verdict']} of "
+         f"{c['single_choice_completed']}"),
+        ("n > 1 responses with n verdicts (fixed by the in-band verdicts work, #14)",
+         f"{c['n_gt_1_with_n_verdicts']} of {c['n_gt_1_completed']}"),
+        ("guard errors / requests_active after / verdict store (limit)",
+         f"{c['guard_errors']:.0f} / {c['requests_active_after']:.0f} / {c['verdict_store']} ({c['verdict_store_limit']})"),
+        ("engine-core RSS start / middle / end (MiB)", f"{g['rss']['start']['max_process_mib']} / "
+         f"{g['rss']['middle_max']['max_process_mib']} / {g['rss']['end']['max_process_mib']}"),
+        ("throughput guarded / vanilla (req/s), ratio", f"{g['timing']['requests_per_s']} / "
+         f"{v.get('timing', {}).get('requests_per_s', 'n/a')}, {r.get('throughput', 'n/a')}"),
+        ("p50 latency guarded / vanilla (s), ratio", f"{g['timing']['p50_s']} / "
+         f"{v.get('timing', {}).get('p50_s', 'n/a')}, {r.get('p50_latency', 'n/a')}"),
+        ("p99 latency guarded / vanilla (s), ratio", f"{g['timing']['p99_s']} / "
+         f"{v.get('timing', {}).get('p99_s', 'n/a')}, {r.get('p99_latency', 'n/a')}"),
+        ("checks", "passed" if report["passed"] else "FAILED: " + "; ".join(c["failures"])),
+    ]
+    return "\n".join(["| soak | result |", "|---|---|", *(f"| {k} | {x} |" for k, x in rows)]) + "\n"
+
+
+def update_readme(path: Path, table: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    block = f"{README_BEGIN}\n{table}{README_END}"
+    if README_BEGIN in text and README_END in text:
+        head, rest = text.split(README_BEGIN, 1)
+        text = head + block + rest.split(README_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Soak (`make soak`)\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def plot(report: dict[str, Any], root: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in ("guarded", "vanilla"):
+        rows = root / f"outcomes-{name}.json"
+        if not rows.exists():
+            continue
+        lat = sorted(o["latency_s"] for o in json.loads(rows.read_text()) if o["status"] == 200 and not o["cancelled"])
+        left.plot(lat, np.linspace(0, 1, len(lat)), label=name)
+    left.set_xlabel("request latency (s)")
+    left.set_ylabel("fraction of completed requests")
+    left.legend()
+    left.set_title("latency CDF, same plan")
+    samples = report["guarded"]["rss"]["samples_mib"]
+    right.plot(np.arange(len(samples)) * 2.0, samples)
+    right.set_xlabel("seconds into the guarded load")
+    right.set_ylabel("engine-core RSS (MiB)")
+    right.set_title("RSS during the guarded load")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500)
@@ -314,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=1800, help="stop sending new requests after this")
     parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--out", default="bench/results/soak.json")
+    parser.add_argument("--readme", default=None, help="also put the summary table into this markdown file")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -321,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     report = soak(root, args.requests, args.concurrency, not args.no_baseline, args.deadline_s)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.readme:
+        update_readme(Path(args.readme), markdown_table(report))
+        plot(report, root, Path(args.out).with_name("soak.png"))
     print(json.dumps(report, indent=2))
     for failure in report["guarded"]["checks"]["failures"]:
         print("FAIL:", failure, file=sys.stderr)

@@ -78,7 +78,8 @@ def build_plan(prompts: list[str], count: int, seed: int = 0, cancel_fraction: f
     return plan
 
 
-async def _one(client: Any, model: str, base_url: str, req: Planned, fetch_verdicts: bool) -> Outcome:
+async def _one(client: Any, model: str, base_url: str, req: Planned, fetch_verdicts: bool,
+               api_key: str | None) -> Outcome:
     import openai
 
     out = Outcome(req.index, req.endpoint, req.stream, req.n, req.override)
@@ -126,16 +127,16 @@ async def _one(client: Any, model: str, base_url: str, req: Planned, fetch_verdi
     out.latency_s = time.monotonic() - started
     if fetch_verdicts and out.status == 200 and not out.cancelled and out.response_id:
         path = "/axisguard/requests/" + urllib.parse.quote(out.response_id, safe="")
-        out.verdict_status, reply = await asyncio.to_thread(http_json, base_url + path, None, 60)
+        out.verdict_status, reply = await asyncio.to_thread(http_json, base_url + path, None, 60, api_key)
         out.verdicts = list(reply.get("verdicts", [])) if out.verdict_status == 200 else []
     return out
 
 
 async def _run(base_url: str, model: str, plan: list[Planned], concurrency: int, fetch_verdicts: bool,
-               deadline_s: float, on_progress: Any) -> list[Outcome]:
+               deadline_s: float, on_progress: Any, api_key: str | None) -> list[Outcome]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="soak", max_retries=0, timeout=300)
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key or "none", max_retries=0, timeout=300)
     queue: asyncio.Queue[Planned] = asyncio.Queue()
     for req in plan:
         queue.put_nowait(req)
@@ -145,7 +146,7 @@ async def _run(base_url: str, model: str, plan: list[Planned], concurrency: int,
     async def worker() -> None:
         while not queue.empty() and time.monotonic() < stop_at:
             req = queue.get_nowait()
-            results.append(await _one(client, model, base_url, req, fetch_verdicts))
+            results.append(await _one(client, model, base_url, req, fetch_verdicts, api_key))
             if on_progress:
                 on_progress(len(results), len(plan))
 
@@ -155,11 +156,12 @@ async def _run(base_url: str, model: str, plan: list[Planned], concurrency: int,
 
 
 def run_load(base_url: str, model: str, plan: list[Planned], concurrency: int, fetch_verdicts: bool = True,
-             deadline_s: float = 1800, on_progress: Any = None) -> tuple[list[Outcome], float]:
+             deadline_s: float = 1800, on_progress: Any = None,
+             api_key: str | None = None) -> tuple[list[Outcome], float]:
     """Send ``plan`` at ``concurrency``; stops taking new requests after ``deadline_s``. Returns the
     outcomes (sorted by plan index) and the wall time."""
     started = time.monotonic()
-    results = asyncio.run(_run(base_url, model, plan, concurrency, fetch_verdicts, deadline_s, on_progress))
+    results = asyncio.run(_run(base_url, model, plan, concurrency, fetch_verdicts, deadline_s, on_progress, api_key))
     return results, time.monotonic() - started
 
 
