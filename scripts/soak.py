@@ -136,12 +136,18 @@ def metric_sum(samples: list[tuple[str, dict[str, str], float]], name: str, **la
     return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
 
 
+# Requests that do the same work with and without the guard (nothing refused, steered or stopped):
+# latency is compared on these; the plan's wall time covers everything.
+COMPARABLE = ("none", "flag", "guard_off")
+
+
 def latency_summary(outcomes: list[Outcome], wall_s: float) -> dict[str, float]:
     done = [o for o in outcomes if o.status == 200 and not o.cancelled]
-    lat = sorted(o.latency_s for o in done)
+    lat = sorted(o.latency_s for o in done if o.override in COMPARABLE)
     return {
         "completed": len(done), "wall_s": round(wall_s, 2),
-        "requests_per_s": round(len(done) / wall_s, 3) if wall_s else 0.0,
+        "plan_requests_per_s": round(len(outcomes) / wall_s, 3) if wall_s else 0.0,
+        "comparable_requests": len(lat),
         "p50_s": round(statistics.median(lat), 3) if lat else 0.0,
         "p99_s": round(float(np.percentile(lat, 99)), 3) if lat else 0.0,
     }
@@ -287,17 +293,22 @@ def soak(root: Path, requests: int, concurrency: int, baseline: bool, deadline_s
     if baseline:
         print("soak: the same plan without the guard (AXISGUARD_DISABLE=1)", file=sys.stderr)
         with start_server(paths, root, "vanilla", env={"AXISGUARD_DISABLE": "1"}) as server:
+            vpgid = os.getpgid(server._proc.pid) if server._proc else 0
+            vrss = {"start": process_group_rss(vpgid)}
             vanilla, vwall = run_load(server.base_url, MODEL, plan, concurrency, fetch_verdicts=False,
                                       deadline_s=deadline_s, on_progress=_progress("vanilla"))
+            time.sleep(2)
+            vrss["end"] = process_group_rss(vpgid)
             routes = server.get("/axisguard/status")[0]
             series = len(metric_samples(server.metrics()))
         (root / "outcomes-vanilla.json").write_text(json.dumps(as_rows(vanilla)))
         g, v = report["guarded"]["timing"], latency_summary(vanilla, vwall)
-        report["vanilla"] = {"timing": v, "http_5xx": sum(o.status >= 500 for o in vanilla),
+        report["vanilla"] = {"timing": v, "rss": vrss, "http_5xx": sum(o.status >= 500 for o in vanilla),
                              "no_answer": sum(o.status == 0 and not o.cancelled for o in vanilla),
                              "axisguard_routes_status": routes, "axisguard_series": series}
+        report["vanilla"]["same_greedy_outputs"] = same_outputs(outcomes, vanilla)
         report["ratios_guarded_over_vanilla"] = {
-            "throughput": round(g["requests_per_s"] / v["requests_per_s"], 3) if v["requests_per_s"] else None,
+            "throughput": round(g["plan_requests_per_s"] / v["plan_requests_per_s"], 3) if v["plan_requests_per_s"] else None,
             "p50_latency": round(g["p50_s"] / v["p50_s"], 3) if v["p50_s"] else None,
             "p99_latency": round(g["p99_s"] / v["p99_s"], 3) if v["p99_s"] else None,
         }
@@ -307,6 +318,17 @@ def soak(root: Path, requests: int, concurrency: int, baseline: bool, deadline_s
             checks["failures"].append("AXISGUARD_DISABLE=1 left guard routes or metric series behind")
     report["passed"] = not checks["failures"]
     return report
+
+
+def same_outputs(guarded: list[Outcome], vanilla: list[Outcome]) -> dict[str, int]:
+    """Greedy single-choice requests the guard did not steer or stop (no override, flag only, guard off):
+    how many produced the same text with and without the guard. Informative, not a pass criterion:
+    vLLM on CPU does not promise identical results across different batch compositions."""
+    by_index = {o.index: o for o in vanilla}
+    pairs = [(o, by_index[o.index]) for o in guarded
+             if o.n == 1 and o.override in ("none", "flag", "guard_off") and o.status == 200 and not o.cancelled
+             and o.index in by_index and by_index[o.index].status == 200]
+    return {"compared": len(pairs), "identical": sum(g.texts == v.texts for g, v in pairs)}
 
 
 # --- reporting ----------------------------------------------------------------------------------------
@@ -331,12 +353,17 @@ def markdown_table(report: dict[str, Any]) -> str:
          f"{c['guard_errors']:.0f} / {c['requests_active_after']:.0f} / {c['verdict_store']} ({c['verdict_store_limit']})"),
         ("engine-core RSS start / middle / end (MiB)", f"{g['rss']['start']['max_process_mib']} / "
          f"{g['rss']['middle_max']['max_process_mib']} / {g['rss']['end']['max_process_mib']}"),
-        ("throughput guarded / vanilla (req/s), ratio", f"{g['timing']['requests_per_s']} / "
-         f"{v.get('timing', {}).get('requests_per_s', 'n/a')}, {r.get('throughput', 'n/a')}"),
-        ("p50 latency guarded / vanilla (s), ratio", f"{g['timing']['p50_s']} / "
+        ("engine-core RSS start / end without the guard (MiB)", f"{v['rss']['start']['max_process_mib']} / "
+         f"{v['rss']['end']['max_process_mib']}" if "rss" in v else "n/a"),
+        ("throughput: the whole plan, requests/s guarded / vanilla, ratio", f"{g['timing']['plan_requests_per_s']} / "
+         f"{v.get('timing', {}).get('plan_requests_per_s', 'n/a')}, {r.get('throughput', 'n/a')}"),
+        (f"p50 latency guarded / vanilla (s), ratio ({g['timing']['comparable_requests']} requests doing the "
+         "same work in both)", f"{g['timing']['p50_s']} / "
          f"{v.get('timing', {}).get('p50_s', 'n/a')}, {r.get('p50_latency', 'n/a')}"),
-        ("p99 latency guarded / vanilla (s), ratio", f"{g['timing']['p99_s']} / "
+        ("p99 latency guarded / vanilla (s), ratio (same requests)", f"{g['timing']['p99_s']} / "
          f"{v.get('timing', {}).get('p99_s', 'n/a')}, {r.get('p99_latency', 'n/a')}"),
+        ("greedy outputs identical with / without the guard (not steered or stopped)",
+         "{identical} of {compared}".format(**v["same_greedy_outputs"]) if "same_greedy_outputs" in v else "n/a"),
         ("checks", "passed" if report["passed"] else "FAILED: " + "; ".join(c["failures"])),
     ]
     return "\n".join(["| soak | result |", "|---|---|", *(f"| {k} | {x} |" for k, x in rows)]) + "\n"
@@ -364,12 +391,13 @@ def plot(report: dict[str, Any], root: Path, out: Path) -> None:
         rows = root / f"outcomes-{name}.json"
         if not rows.exists():
             continue
-        lat = sorted(o["latency_s"] for o in json.loads(rows.read_text()) if o["status"] == 200 and not o["cancelled"])
+        lat = sorted(o["latency_s"] for o in json.loads(rows.read_text())
+                     if o["status"] == 200 and not o["cancelled"] and o["override"] in COMPARABLE)
         left.plot(lat, np.linspace(0, 1, len(lat)), label=name)
     left.set_xlabel("request latency (s)")
     left.set_ylabel("fraction of completed requests")
     left.legend()
-    left.set_title("latency CDF, same plan")
+    left.set_title("latency CDF (requests doing the same work)")
     samples = report["guarded"]["rss"]["samples_mib"]
     right.plot(np.arange(len(samples)) * 2.0, samples)
     right.set_xlabel("seconds into the guarded load")
@@ -392,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     root = Path(args.work or tempfile.mkdtemp(prefix="axisguard-soak-"))
+    print(f"soak: work folder {root} (server logs, per-request outcomes)", file=sys.stderr)
     report = soak(root, args.requests, args.concurrency, not args.no_baseline, args.deadline_s)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -80,6 +80,14 @@ def test_a_pinned_pack_is_accepted_and_a_swapped_consistent_one_refused(served):
     assert refused.exit_code == 2 and "not the approved pack" in refused.output
 
 
+def test_serve_passes_the_operators_settings_on(served):
+    """Found by the soak: `axisguard serve` used to reset AXISGUARD_VERDICT_HISTORY to its default."""
+    pin = digest(served["pack"])
+    result = serve_dry_run(served["model"], served["pack"], {"AXISGUARD_VERDICT_HISTORY": "256", ENV_PACK_SHA256: pin})
+    assert result.exit_code == 0, result.output
+    assert "AXISGUARD_VERDICT_HISTORY=256" in result.output and f"{ENV_PACK_SHA256}={pin}" in result.output
+
+
 def test_the_pin_in_the_config_file(served, tmp_path):
     config_file = tmp_path / "axisguard.yaml"
     config_file.write_text(f"pack: {served['other']}\npack_sha256: '{digest(served['pack'])}'\n")

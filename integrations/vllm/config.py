@@ -143,6 +143,16 @@ class GuardConfig:
         return env
 
 
+def serving_config(pack: Path, policy: Path | None, environ: Mapping[str, str] | None = None) -> GuardConfig:
+    """The configuration ``axisguard serve`` hands to vLLM: its own ``--pack``/``--policy``, and the
+    operator's other settings (verdict history, pack pin) from the environment, which ``to_env`` would
+    otherwise overwrite with defaults."""
+    env = os.environ if environ is None else environ
+    return GuardConfig(mode="guard", pack=pack, policy=policy,
+                       verdict_history=_int_env(env, ENV_VERDICT_HISTORY, DEFAULT_VERDICT_HISTORY),
+                       pack_sha256=env.get(ENV_PACK_SHA256, "").strip())
+
+
 def is_configured(environ: Mapping[str, str] | None = None) -> bool:
     """Cheap check used by the plugin entry point; a broken configuration counts as configured (it must fail loudly)."""
     try:
