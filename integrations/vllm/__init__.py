@@ -33,6 +33,7 @@ What it does and where (the modules the next change will touch first are marked 
 ``verdicts`` *         finished verdicts kept (bounded, client ids matched to internal ids) and
                        the offline verdict API (``get_verdict``, ``attach_verdicts``)
 ``routes`` *           ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``
+``route_auth``         every ``/axisguard`` route requires vLLM's ``--api-key`` when one is set
 ``capture``            activation capture through the same hooks, and ``VllmExtractor`` for
                        ``axisguard calibrate/adapt --engine vllm``
 =====================  ========================================================================
