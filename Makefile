@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.axisguard-setup-1
 ACS_DATA ?= ../shared/acs-data
 
-.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report
+.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report soak
 
 setup: $(STAMP)
 
@@ -42,3 +42,8 @@ bench-guard: setup
 
 bench-vllm: setup
 	$(BIN)/python -m scripts.bench_vllm_throughput --model smollm2-135m --batch 8 32 --rounds 5 --out bench/results
+
+# Soak: 500 mixed requests at concurrency 24 through `axisguard serve` (SmolLM2, loopback), with and
+# without the guard; bounded in count and time, stops by itself (`make test` runs a short version).
+soak: setup
+	$(BIN)/python -m scripts.soak --requests 500 --concurrency 24 --deadline-s 1800 --out bench/results/soak.json --readme bench/results/README.md

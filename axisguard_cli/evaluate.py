@@ -34,7 +34,7 @@ def command(models, data_dir, test_data, axes, engine, chat_template, batch_size
     from integrations.activation_collection import collect_activations
     from probes.catalogue import load_catalogue, load_test_pairs
     from probes.eval_report import summary_by_method, write_report
-    from probes.evaluation import evaluate_lofo
+    from probes.evaluation import MIN_MULTICLASS_AXES, evaluate_lofo
     from probes.splits import holdout_split
 
     console = Console(stderr=True)
@@ -54,6 +54,9 @@ def command(models, data_dir, test_data, axes, engine, chat_template, batch_size
     if missing:
         raise AxisguardError(f"no test pairs for axes {', '.join(missing)}", "add {axis}_test.jsonl or drop those axes with --axes")
     console.print(f"evaluating {len(names)} models on {len(catalogue.axis_names)} axes; {split_note}")
+    if len(catalogue.axis_names) < MIN_MULTICLASS_AXES:
+        console.print("one axis: the K-way (which axis?) accuracy is skipped (n/a); pass two or more axes "
+                      "with --axes to get it")
     acts = [collect_activations(m, catalogue, use_chat_template=chat_template, engine=engine, batch_size=batch_size)
             for m in names]
     results, details = evaluate_lofo(acts, catalogue.axis_specs(), catalogue.anchors_sha256, seed)
@@ -65,6 +68,7 @@ def command(models, data_dir, test_data, axes, engine, chat_template, batch_size
     table.add_column("10-way acc", justify="right")
     table.add_column("mean AUROC", justify="right")
     for method, row in summary_by_method(results).items():
-        table.add_row(method, f"{row['multiclass_accuracy']:.3f}", f"{row['mean_auroc']:.3f}")
+        accuracy = row["multiclass_accuracy"]
+        table.add_row(method, "n/a" if accuracy is None else f"{accuracy:.3f}", f"{row['mean_auroc']:.3f}")
     Console().print(table)
     console.print("wrote " + ", ".join(str(p) for p in written))

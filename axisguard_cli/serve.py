@@ -52,7 +52,7 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
     from guard.errors import AxisguardError
     from integrations.model_resolution import resolve_model
     from integrations.model_zoo import axisguard_home
-    from integrations.vllm.config import GuardConfig, default_metrics_dir, prepare_metrics_dir
+    from integrations.vllm.config import default_metrics_dir, prepare_metrics_dir, serving_config
     from integrations.vllm.engine import (
         ENV_ALLOW_NAME_MISMATCH,
         check_pack_matches,
@@ -68,7 +68,7 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
     loaded_pack, _ = load_pack_and_policy(pack_path, policy_path, warn=True)
     check_pack_matches(loaded_pack, served_model_from_folder(resolved.path), allow_name_mismatch=allow_name_mismatch)
 
-    config = GuardConfig(mode="guard", pack=pack_path, policy=policy_path)
+    config = serving_config(pack_path, policy_path)
     env = dict(os.environ)
     for key in ("AXISGUARD_CONFIG", "AXISGUARD_CAPTURE_LAYERS", "AXISGUARD_CAPTURE_POOLING"):
         env.pop(key, None)

@@ -15,7 +15,7 @@ import numpy as np
 from guard import __version__
 from guard.axes import AxisSpec
 from guard.model_info import ModelInfo
-from guard.tensor_folder import read_folder, write_folder
+from guard.tensor_folder import manifest_fields, read_folder, write_folder
 
 KIND = "canonical_bundle"
 
@@ -73,20 +73,21 @@ class CanonicalBundle:
     @classmethod
     def load(cls, path: str | Path) -> CanonicalBundle:
         meta, tensors = read_folder(path, KIND)
-        return cls(
-            axes=[AxisSpec.from_json(a) for a in meta["axes"]],
-            acs_axes=tensors["acs_axes"],
-            anchors_sha256=meta["anchors_sha256"],
-            anchor_count=int(meta["anchor_count"]),
-            sources=[ModelInfo(**s) for s in meta["sources"]],
-            method=meta["method"],
-            probe_coef=tensors.get("probe_coef"),
-            probe_intercept=tensors.get("probe_intercept"),
-            multiclass_coef=tensors.get("multiclass_coef"),
-            multiclass_intercept=tensors.get("multiclass_intercept"),
-            anchor_kernels=tensors.get("anchor_kernels"),
-            pos_mean_z=tensors.get("pos_mean_z"),
-            neg_mean_z=tensors.get("neg_mean_z"),
-            diagnostics=meta.get("diagnostics", {}),
-            version=meta["version"],
-        )
+        with manifest_fields(path):
+            return cls(
+                axes=[AxisSpec.from_json(a) for a in meta["axes"]],
+                acs_axes=tensors["acs_axes"],
+                anchors_sha256=meta["anchors_sha256"],
+                anchor_count=int(meta["anchor_count"]),
+                sources=[ModelInfo(**s) for s in meta["sources"]],
+                method=meta["method"],
+                probe_coef=tensors.get("probe_coef"),
+                probe_intercept=tensors.get("probe_intercept"),
+                multiclass_coef=tensors.get("multiclass_coef"),
+                multiclass_intercept=tensors.get("multiclass_intercept"),
+                anchor_kernels=tensors.get("anchor_kernels"),
+                pos_mean_z=tensors.get("pos_mean_z"),
+                neg_mean_z=tensors.get("neg_mean_z"),
+                diagnostics=meta.get("diagnostics", {}),
+                version=meta["version"],
+            )

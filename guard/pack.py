@@ -22,7 +22,7 @@ from guard import __version__
 from guard.axes import AxisSpec
 from guard.errors import MismatchError
 from guard.model_info import ModelInfo
-from guard.tensor_folder import read_folder, write_folder
+from guard.tensor_folder import manifest_fields, read_folder, write_folder
 
 KIND = "axis_pack"
 
@@ -116,25 +116,26 @@ class AxisPack:
     @classmethod
     def load(cls, path: str | Path) -> AxisPack:
         meta, t = read_folder(path, KIND)
-        pack = cls(
-            model=ModelInfo(**meta["model"]),
-            axes=[AxisSpec.from_json(a) for a in meta["axes"]],
-            vectors=t["vectors"],
-            anchor_mean=t["anchor_mean"],
-            score_offset=t["score_offset"],
-            score_scale=t["score_scale"],
-            pos_mean_z=t["pos_mean_z"],
-            neg_mean_z=t["neg_mean_z"],
-            method=meta["method"],
-            anchors_sha256=meta["anchors_sha256"],
-            bundle_sha256=meta.get("bundle_sha256", ""),
-            sources=meta.get("sources", []),
-            diagnostics=meta.get("diagnostics", {}),
-            version=meta["version"],
-        )
-        k, d = pack.vectors.shape
-        if pack.anchor_mean.shape != (d,) or any(
-            getattr(pack, n).shape != (k,) for n in ("score_offset", "score_scale", "pos_mean_z", "neg_mean_z")
-        ) or len(pack.axes) != k:
-            raise MismatchError(f"{path}: inconsistent tensor shapes in axis pack", "re-create it with `axisguard adapt`")
-        return pack
+        with manifest_fields(path):
+            pack = cls(
+                model=ModelInfo(**meta["model"]),
+                axes=[AxisSpec.from_json(a) for a in meta["axes"]],
+                vectors=t["vectors"],
+                anchor_mean=t["anchor_mean"],
+                score_offset=t["score_offset"],
+                score_scale=t["score_scale"],
+                pos_mean_z=t["pos_mean_z"],
+                neg_mean_z=t["neg_mean_z"],
+                method=meta["method"],
+                anchors_sha256=meta["anchors_sha256"],
+                bundle_sha256=meta.get("bundle_sha256", ""),
+                sources=meta.get("sources", []),
+                diagnostics=meta.get("diagnostics", {}),
+                version=meta["version"],
+            )
+            k, d = pack.vectors.shape
+            if pack.anchor_mean.shape != (d,) or any(
+                getattr(pack, n).shape != (k,) for n in ("score_offset", "score_scale", "pos_mean_z", "neg_mean_z")
+            ) or len(pack.axes) != k:
+                raise MismatchError(f"{path}: inconsistent tensor shapes in axis pack", "re-create it with `axisguard adapt`")
+            return pack

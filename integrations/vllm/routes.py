@@ -11,6 +11,8 @@
 It also installs the in-band verdict middleware on the app (``inband``) and, at start-up, the
 policy holder with its file watch (``policy_reload``).
 
+With ``--api-key`` (or ``VLLM_API_KEY``) every ``/axisguard`` route needs the same key (``route_auth``).
+
 vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them (``axisguard serve`` does that).
 Unconfigured, the factory returns a plugin that requires no task the server has, so vLLM skips it
 and no route is added. The routes reach the worker through ``collective_rpc("axisguard_call")``,
@@ -22,7 +24,7 @@ from __future__ import annotations
 from argparse import Namespace
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from guard.policy import policy_digest
@@ -36,6 +38,7 @@ from integrations.vllm.policy_reload import (
     token_ok,
     watch_interval,
 )
+from integrations.vllm.route_auth import remember_api_keys, require_api_key
 from integrations.vllm.session import make_metrics
 
 NAME = "axisguard"
@@ -65,7 +68,8 @@ def _in_band_on() -> bool:
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/axisguard", tags=["axisguard"])
+    # The dependency covers every route on this router, present and future (``route_auth``).
+    router = APIRouter(prefix="/axisguard", tags=["axisguard"], dependencies=[Depends(require_api_key)])
 
     @router.get("/requests/{request_id}")
     async def request_verdict(request_id: str, request: Request) -> JSONResponse:
@@ -129,6 +133,7 @@ class AxisguardEndpoints:
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         setattr(state, _STATE_KEY, engine_client)
+        remember_api_keys(state, args)
         config = GuardConfig.from_env()
         if engine_client is None or config is None or config.mode != "guard" or config.pack is None:
             return
