@@ -173,8 +173,10 @@ def test_a_burst_of_flagged_requests_raises_the_flag_rate_alert(deployment: dict
     assert alerts[0]["labels"]["model_name"] == MODEL and alerts[0]["labels"]["namespace"] == NAMESPACE
     assert "axis toxicity" in alerts[0]["annotations"]["summary"]
 
-    flagged = query(prometheus, f'sum(axisguard_actions_total{{{job}, action="flag", axis="toxicity"}})')
-    assert float(flagged[0]["value"][1]) >= BURST
+    # The alert can fire on a scrape taken before the burst's last requests were counted: wait for the
+    # scrape that has them all (per-rule series, summed).
+    flagged = f'sum(axisguard_actions_total{{{job}, action="flag", axis="toxicity", rule="flag_all"}}) >= {BURST}'
+    wait_for(f"all {BURST} flags of the burst in Prometheus", lambda: query(prometheus, flagged), 60)
     for series in ("axisguard_pack_info", "axisguard_tokens_scored_total", "axisguard_token_score_bucket",
                    "vllm:num_requests_running", "vllm:prompt_tokens_total"):
         assert query(prometheus, f"{series}{{{job}}}"), f"Prometheus has no {series} series"
