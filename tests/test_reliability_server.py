@@ -16,17 +16,8 @@ from typing import Any
 import pytest
 
 from scripts.guarded_server import GuardedServer, http_json
-from scripts.soak import (
-    AXES,
-    MODEL,
-    PROMPTS,
-    VERDICT_HISTORY,
-    build_artifacts,
-    check_guarded,
-    metric_samples,
-    metric_sum,
-    start_server,
-)
+from scripts.soak import AXES, MODEL, PROMPTS, build_artifacts, start_server
+from scripts.soak_checks import VERDICT_HISTORY, check_guarded, metric_samples, metric_sum
 from scripts.soak_load import build_plan, run_load
 
 pytest.importorskip("vllm")

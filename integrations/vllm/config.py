@@ -72,6 +72,7 @@ ENV_CAPTURE_POOLING = "AXISGUARD_CAPTURE_POOLING"
 
 _TRUE = {"1", "true", "yes", "on"}
 CONFIG_KEYS = ("pack", "policy", "pack_sha256")
+_VERIFIED_PINS: set[tuple[str, str]] = set()  # (pack, pin) pairs already checked in this process
 DEFAULT_VERDICT_HISTORY = 10_000
 
 Mode = Literal["guard", "capture"]
@@ -117,8 +118,11 @@ class GuardConfig:
                     f"set {ENV_PACK}=PACK_FOLDER (written by `axisguard adapt`), or unset {ENV_POLICY}/{ENV_CONFIG}",
                 )
             return None
-        if pin:
+        if pin and (pack, pin) not in _VERIFIED_PINS:
+            # Once per process: the configuration is re-read per request (override validation), and
+            # the pack a process loaded at start is the one it serves, whatever happens to the folder later.
             check_pinned_digest(Path(pack).expanduser(), pin, ENV_PACK_SHA256)
+            _VERIFIED_PINS.add((pack, pin))
         return cls(
             mode="guard",
             pack=Path(pack).expanduser(),
