@@ -73,17 +73,25 @@ def _csv_rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def terminated(text: str) -> str:
+    """``text`` ending in sentence punctuation. HarmBench behaviours carry none while every benign
+    prompt here does; read at the last token, that alone separates the sets (Gemma-3 layer 4: AUROC 0
+    on raw text), so the public requests get a full stop, a change of form, not of content."""
+    text = text.strip()
+    return text if text[-1] in ".?!\"')" else text + "."
+
+
 def strongreject_prompts() -> list[str]:
-    """StrongREJECT's 313 forbidden prompts."""
-    return [row["forbidden_prompt"].strip() for row in _csv_rows(package_file(*STRONGREJECT))]
+    """StrongREJECT's 313 forbidden prompts (sentence-terminated, see ``terminated``)."""
+    return [terminated(row["forbidden_prompt"]) for row in _csv_rows(package_file(*STRONGREJECT))]
 
 
 def harmbench_behaviours(split: str) -> list[str]:
-    """HarmBench ``standard`` text behaviours of ``split`` (``val`` or ``test``)."""
+    """HarmBench ``standard`` text behaviours of ``split`` (``val`` or ``test``), sentence-terminated."""
     if split not in ("val", "test"):
         raise ValueError(f"HarmBench split must be val or test, got {split!r}")
     rows = _csv_rows(package_file(HARMBENCH, HARMBENCH_FILE.format(split=split)))
-    return [row["Behavior"].strip() for row in rows if row["FunctionalCategory"] == "standard"]
+    return [terminated(row["Behavior"]) for row in rows if row["FunctionalCategory"] == "standard"]
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -28,7 +28,7 @@ from probes.external_eval import PromptSet, evaluate_external
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
 # Jailbreak-framed prompts are long; a fixed stride keeps the FINAL set's extraction affordable.
-MAX_JAILBREAK_REQUESTS = 240
+MAX_JAILBREAK_REQUESTS = 120
 HEADLINE = ("one_layer/native", "one_layer/reconstructed", "one_layer/acs_probe",
             "per_axis/native", "per_axis/reconstructed", "per_axis/acs_probe", "per_axis_top3/reconstructed")
 
@@ -98,6 +98,26 @@ def markdown(results: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_section(folder: str | Path = "bench/results/external") -> list[str]:
+    """Markdown lines for probes/REPORT.md: the refusal/jailbreak external AUROCs of every run in ``folder``."""
+    folder = Path(folder)
+    runs = sorted(p for p in folder.glob("*_*.json") if p.stem.split("_")[-1] in SPLITS)
+    if not runs:
+        return ["No external-validity run yet: `make external`."]
+    keys = ("one_layer/native", "one_layer/reconstructed", "one_layer/acs_probe", "per_axis/native",
+            "per_axis/reconstructed", "per_axis/acs_probe")
+    lines = ["| run | set | model | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for path in runs:
+        res = json.loads(path.read_text())["results"]
+        for model, body in res.items():
+            for name, entry in body["sets"].items():
+                if name.endswith("_internal_test") and entry["axis"] not in ("refusal", "jailbreak"):
+                    continue
+                cells = " | ".join(f"{entry['scores'][k]['auroc']:.3f}" for k in keys)
+                lines.append(f"| {path.stem} | {name} | {model} | {cells} |")
+    return lines
+
+
 def plot(out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -134,8 +154,13 @@ def plot(out: Path) -> Path:
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--out", default="bench/results/external", show_default=True)
 @click.option("--plot/--no-plot", "with_plot", default=True)
-def main(split: str, data: str | None, tag: str, models: str, out: str, with_plot: bool) -> None:
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is far faster on a shared box")
+def main(split: str, data: str | None, tag: str, models: str, out: str, with_plot: bool, threads: int) -> None:
     started = time.time()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     catalogue = load_catalogue(data)
     sets = _sets(split)
     acts, external = [], {}
