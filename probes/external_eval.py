@@ -143,6 +143,8 @@ def evaluate_external(models: list[ModelActivations], external: dict[str, list[P
                                   "scores": {k: score_set(s, target, prompts) for k, s in scorers[prompts.axis].items()},
                                   "native_by_layer": native_by_layer(target, prompts.axis, prompts)}
         for spec in specs:
+            if spec.name not in target.test_pos:  # no test split loaded for this axis
+                continue
             prompts = internal_set(target, spec.name)
             sets[prompts.name] = {"axis": spec.name,
                                   "scores": {k: score_set(s, target, prompts, internal_points) for k, s in scorers[spec.name].items()}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 DEFAULT_FPRS = (0.01, 0.05)
@@ -21,6 +22,13 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """Area under the ROC curve of scores ``pos`` (label 1) against ``neg`` (label 0)."""
     pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
     return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def _rank_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The same AUROC from mid-ranks (Mann-Whitney U), without sklearn's per-call overhead: the
+    bootstrap calls it a thousand times per interval."""
+    ranks = rankdata(np.r_[pos, neg])
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def threshold_at_fpr(neg: np.ndarray, fpr: float) -> float:
@@ -88,7 +96,7 @@ def auroc_interval(pos: np.ndarray, neg: np.ndarray, rounds: int = BOOTSTRAP_ROU
     """Percentile bootstrap interval of the AUROC (pos and neg resampled apart)."""
     pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
     rng = np.random.default_rng(seed)
-    samples = [auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
+    samples = [_rank_auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
                for _ in range(rounds)]
     tail = (1.0 - level) / 2
     low, high = np.quantile(samples, [tail, 1.0 - tail])

@@ -28,7 +28,7 @@ from probes.external_eval import PromptSet, evaluate_external
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
 # Jailbreak-framed prompts are long; a fixed stride keeps the FINAL set's extraction affordable.
-MAX_JAILBREAK_REQUESTS = 120
+MAX_JAILBREAK_REQUESTS = 60
 HEADLINE = ("one_layer/native", "one_layer/reconstructed", "one_layer/acs_probe",
             "per_axis/native", "per_axis/reconstructed", "per_axis/acs_probe", "per_axis_top3/reconstructed")
 
@@ -155,13 +155,17 @@ def plot(out: Path) -> Path:
 @click.option("--out", default="bench/results/external", show_default=True)
 @click.option("--plot/--no-plot", "with_plot", default=True)
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is far faster on a shared box")
-def main(split: str, data: str | None, tag: str, models: str, out: str, with_plot: bool, threads: int) -> None:
+@click.option("--internal-axes", default="", help="comma list: score only these axes' internal test split (default: all)")
+def main(split: str, data: str | None, tag: str, models: str, out: str, with_plot: bool, threads: int,
+         internal_axes: str) -> None:
     started = time.time()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     catalogue = load_catalogue(data)
+    if internal_axes:
+        catalogue.test = {a: catalogue.test[a] for a in internal_axes.split(",")}
     sets = _sets(split)
     acts, external = [], {}
     for name in models.split(","):
@@ -177,6 +181,7 @@ def main(split: str, data: str | None, tag: str, models: str, out: str, with_plo
     doc = {"split": split, "tag": tag, "catalogue": str(data or "built-in"),
            "sets": {s.name: {"axis": s.axis, "n_pos": len(s.positive), "n_neg": len(s.negative), "description": s.description}
                     for s in sets},
+           "internal_axes": sorted(catalogue.test),
            "pairs": {a: {"calibration": len(catalogue.calibration[a]), "test": len(catalogue.test.get(a, []))}
                      for a in catalogue.axis_names},
            "results": results}

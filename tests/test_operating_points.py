@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probes.operating_points import auroc, auroc_interval, operating_points, threshold_at_fpr, tpr_at_fpr
+from probes.operating_points import (
+    _rank_auroc,
+    auroc,
+    auroc_interval,
+    operating_points,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
 
 
 def test_threshold_flags_at_most_the_requested_fraction_of_negatives():
@@ -24,6 +31,9 @@ def test_tpr_at_fpr_on_known_scores():
     assert tpr_at_fpr(pos, neg, 0.01) == pytest.approx(3 / 5)  # above 98
     assert tpr_at_fpr(pos, neg, 0.05) == pytest.approx(4 / 5)  # above 94
     assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    rng = np.random.default_rng(0)
+    tied_pos, tied_neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 60).astype(float)
+    assert _rank_auroc(tied_pos, tied_neg) == pytest.approx(auroc(tied_pos, tied_neg))
 
 
 def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_separation():
