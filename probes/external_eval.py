@@ -80,10 +80,12 @@ def _scorers_at(target: ModelActivations, sources: list[ModelActivations], spec:
 
 
 def axis_scorers(target: ModelActivations, sources: list[ModelActivations], specs: list[AxisSpec],
-                 anchors_sha256: str) -> tuple[dict[str, dict[str, Scorer]], dict]:
-    """{axis: {variant/method: Scorer}} for one held-out target, and the layers chosen (label-free)."""
-    names = [s.name for s in specs]
+                 anchors_sha256: str, only: set[str] | None = None) -> tuple[dict[str, dict[str, Scorer]], dict]:
+    """{axis: {variant/method: Scorer}} for one held-out target (axes in ``only``, default all), and
+    the layers chosen (label-free). The shared layer still comes from all ``specs``, as in ``adapt``."""
     shared = build_bundle(sources, specs, anchors_sha256)
+    specs = [s for s in specs if only is None or s.name in only]
+    names = [s.name for s in specs]
     one_layer, _ = choose_layer(shared, target.anchors)
     shared_sources = {s.name: s.layer for s in shared.sources}
     per_axis = choose_axis_layers(sources, target.anchors, target.info.num_layers, names, top=3)
@@ -131,19 +133,22 @@ def internal_set(target: ModelActivations, axis: str) -> PromptSet:
 def evaluate_external(models: list[ModelActivations], external: dict[str, list[PromptSet]], specs: list[AxisSpec],
                       anchors_sha256: str, internal_points: bool = False) -> dict:
     """Leave-one-family-out over ``models``; ``external[model name]`` holds that model's activations of
-    the external sets. Returns a JSON-ready dict: per target, the chosen layers and, per set and
+    the external sets (models missing there only serve as sources). Returns a JSON-ready dict: per target, the chosen layers and, per set and
     scorer, AUROC / intervals / TPR at FPR."""
     results = {}
     for i, target in enumerate(models):
+        if target.info.name not in external:  # scored only as a source in this run
+            continue
         sources = models[:i] + models[i + 1:]
-        scorers, layers = axis_scorers(target, sources, specs, anchors_sha256)
+        needed = {p.axis for p in external[target.info.name]} | set(target.test_pos)
+        scorers, layers = axis_scorers(target, sources, specs, anchors_sha256, needed)
         sets = {}
         for prompts in external[target.info.name]:
             sets[prompts.name] = {"axis": prompts.axis,
                                   "scores": {k: score_set(s, target, prompts) for k, s in scorers[prompts.axis].items()},
                                   "native_by_layer": native_by_layer(target, prompts.axis, prompts)}
         for spec in specs:
-            if spec.name not in target.test_pos:  # no test split loaded for this axis
+            if spec.name not in target.test_pos or spec.name not in scorers:  # no test split loaded for this axis
                 continue
             prompts = internal_set(target, spec.name)
             sets[prompts.name] = {"axis": spec.name,

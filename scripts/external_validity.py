@@ -156,8 +156,9 @@ def plot(out: Path) -> Path:
 @click.option("--plot/--no-plot", "with_plot", default=True)
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is far faster on a shared box")
 @click.option("--internal-axes", default="", help="comma list: score only these axes' internal test split (default: all)")
+@click.option("--targets", default="", help="comma list: held-out targets to score (default: every model)")
 def main(split: str, data: str | None, tag: str, models: str, out: str, with_plot: bool, threads: int,
-         internal_axes: str) -> None:
+         internal_axes: str, targets: str) -> None:
     started = time.time()
     if threads:
         import torch
@@ -171,8 +172,9 @@ def main(split: str, data: str | None, tag: str, models: str, out: str, with_plo
     for name in models.split(","):
         click.echo(f"[{time.time() - started:6.0f}s] {name}: catalogue activations", err=True)
         model_acts = collect_activations(name, catalogue)
-        click.echo(f"[{time.time() - started:6.0f}s] {name}: external activations", err=True)
-        external[name] = _external_activations(name, sets, model_acts.layers)
+        if not targets or name in targets.split(","):
+            click.echo(f"[{time.time() - started:6.0f}s] {name}: external activations", err=True)
+            external[name] = _external_activations(name, sets, model_acts.layers)
         acts.append(model_acts)
     click.echo(f"[{time.time() - started:6.0f}s] scoring", err=True)
     results = evaluate_external(acts, external, catalogue.axis_specs(), catalogue.anchors_sha256)
