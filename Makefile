@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.axisguard-setup-1
 ACS_DATA ?= ../shared/acs-data
 
-.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report soak
+.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report soak external
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ lint: setup
 # Regenerates probes/REPORT.md (catalogue quality gates on the three real models).
 report: setup
 	$(BIN)/python -m scripts.catalogue_report
+
+# External validity (issue #9): public harmful requests vs our look-alikes, leave-one-family-out, plus
+# every axis' internal test split. DEV is what catalogue work iterates on; FINAL is scored once.
+external: setup
+	$(BIN)/python -m scripts.external_validity --split dev
+	$(BIN)/python -m scripts.external_validity --split final
 
 # Leave-one-family-out on the paper's released data (held-out split of its training pairs).
 bench-eval: setup

@@ -22,7 +22,7 @@ from sklearn.model_selection import KFold
 from integrations.activation_collection import collect_activations
 from probes.catalogue import load_catalogue
 from probes.directions import native_direction
-from probes.evaluation import auroc
+from probes.operating_points import auroc
 from scripts.catalogue_report import bow_accuracy, length_auroc
 
 GATES = Path("bench/results/catalogue_lofo/gates.json")

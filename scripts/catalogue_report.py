@@ -23,8 +23,10 @@ from integrations.activation_collection import collect_activations
 from probes.catalogue import load_catalogue
 from probes.directions import native_direction
 from probes.eval_report import write_report
-from probes.evaluation import auroc, evaluate_lofo
+from probes.evaluation import evaluate_lofo
 from probes.layer_choice import choose_source_layers
+from probes.operating_points import auroc
+from scripts.external_validity import summary_section
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
 
@@ -65,6 +67,16 @@ ANALYSIS = """\
   It tracks the target's own native direction at the same layer (0.88-0.91 at the layers chosen
   from anchors alone), which it does not exceed on any target; the gap to it is 0.05-0.06.
   acs_probe 10-way accuracy (0.51-0.82) is reported as asked."""
+
+
+EXTERNAL_NOTE = """\
+`make external` (`python -m scripts.external_validity`) scores the axes, leave-one-family-out, on
+harmful requests from StrongREJECT and HarmBench (PyPI data packages, read as CSV files) against
+benign look-alikes and everyday requests written for this project (`probes/external/`,
+`probes/catalogue/benign_traffic.jsonl`). AUROC per run, set, held-out model and scorer below;
+bootstrap intervals and TPR at 1 % / 5 % FPR are in `bench/results/external/*.md`. `one_layer`: every
+axis at the layer `adapt` picks; `per_axis`: each axis at its own label-free layer
+(`probes/layer_selection.py`). `before` = catalogue at the start of issue #9, `after` = reworked."""
 
 
 def length_auroc(pairs) -> float:
@@ -154,6 +166,7 @@ def main(models: str, out: str, eval_out: str) -> None:
     lines += ["", f"Per-axis transfer AUROCs, ROC curves and the cross-model heatmap: `{eval_out}/`.", "",
               "## Gate failures", ""] + ([f"- {f}" for f in failures] or ["- none"])
     lines += ["", "## Reading the failures", "", ANALYSIS]
+    lines += ["", "## External validity (issue #9: data nobody here wrote)", "", EXTERNAL_NOTE, ""] + summary_section()
     Path(out).write_text("\n".join(lines) + "\n")
     gates = {"native_layers": layers, "target_layers": target_layers, "native_auroc": native_auroc, "failures": failures}
     Path(eval_out, "gates.json").write_text(json.dumps(gates, indent=2) + "\n")

