@@ -13,7 +13,8 @@ from axisguard_cli.options import batch_option, data_option, engine_option, temp
 @click.option("--target", required=True, help="Target model (zoo name or HF folder).")
 @data_option
 @click.option("--method", type=click.Choice(["ridge", "adjoint"]), default="ridge", show_default=True)
-@click.option("--layer", type=int, default=None, help="Layer to read (default: chosen from anchors by CKA).")
+@click.option("--layer", type=int, default=None,
+              help="One layer for every axis (default: chosen from anchors by CKA, per axis if the bundle has per-axis layers).")
 @engine_option
 @template_option
 @batch_option
@@ -46,7 +47,8 @@ def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, 
     pack = adapt_pack(bundle, acts.anchors, info.at_layer(acts.layers[0]),
                       method=method, layer=layer, bundle_sha256=bundle_sha)
     path = pack.save(out)
-    console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at layer {pack.layer} ({method}); "
+    where = f"layers {pack.score_layers}" if pack.per_axis_layers else f"layer {pack.layer}"
+    console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at {where} ({method}); "
                   f"{pack.diagnostics['layer_choice']['reason']}")
     for name, fid in pack.diagnostics["fidelity_back_projection"].items():
-        console.print(f"  {name:<20} back-projection fidelity {fid:.3f}")
+        console.print(f"  {name:<20} layer {pack.layers_by_axis[pack.axis_index(name)]:>3}  back-projection fidelity {fid:.3f}")
