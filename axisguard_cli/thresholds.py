@@ -41,7 +41,7 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     from integrations.traffic_scoring import score_traffic
     from probes.policies import default_policy, default_policy_text
     from probes.policy_writer import threshold_comment, write_thresholds
-    from probes.traffic_thresholds import BENIGN_TRAFFIC, threshold_for_rate
+    from probes.traffic_thresholds import BENIGN_TRAFFIC, policy_thresholds
 
     pack = AxisPack.load(pack_dir)
     if policy_file:
@@ -71,8 +71,7 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
                f"({tokens} greedy token(s) each)", err=True)
     scored = score_traffic(loaded, pack, prompts, tokens, batch_size, chat_template)
     scored_pos = score_traffic(loaded, pack, positives, tokens, batch_size, chat_template) if positives else []
-    results = [threshold_for_rate(r.rule, pack.axis_names[r.axis_index], r.axis_index, scored, fpr, base.ema_alpha, scored_pos)
-               for r in rules]
+    results = policy_thresholds(rules, pack.axis_names, scored, fpr, base.ema_alpha, scored_pos)
     header = [f"Thresholds set by `axisguard thresholds --fpr {fpr}` on {len(prompts)} ordinary prompts",
               f"({source.name}{f', half {half}' if half else ''}), model {loaded.name}, pack {pack.model.name} "
               f"(layers {pack.score_layers}), {tokens} greedy token(s) per prompt.",

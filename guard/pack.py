@@ -11,7 +11,7 @@ deviations towards the axis' positive side. See ``guard.scoring``.
 
 Per-axis layers (pack format 2): each axis may be read at its own decoder layer. Then
 ``axis_layers[k]`` is axis k's layer and ``axis_anchor_mean[k]`` the anchor mean at that layer (the
-centring of its score and of steering along it); ``model.layer`` stays the pack's first layer.
+centring of its score and of steering along it); ``model.layer`` is the first axis' layer.
 Format-1 packs (every axis at ``model.layer``) load unchanged.
 """
 

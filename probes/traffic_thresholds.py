@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.policy import Rule
+from guard.policy import ResolvedRule, Rule
 from probes.catalogue import BUILTIN_DIR
 from probes.operating_points import threshold_at_fpr
 
@@ -112,3 +112,17 @@ def threshold_for_rate(rule: Rule, axis: str, axis_index: int, requests: Sequenc
         recall = flag_rate(rule_statistics(rule, axis_index, positives, ema_alpha), cut)
     return RuleThreshold(rule.name, axis, rule.score, sign * cut, fpr, flag_rate(stats, cut), len(stats),
                          int(len(stats) - len(finite)), recall, n_pos)
+
+
+def policy_thresholds(rules: Sequence[ResolvedRule], axis_names: Sequence[str], requests: Sequence[ScoredRequest],
+                      fpr: float, ema_alpha: float, positives: Sequence[ScoredRequest] = ()) -> list[RuleThreshold]:
+    """``threshold_for_rate`` for every enabled rule bound to a pack (``guard.policy.check_against_pack``)."""
+    return [threshold_for_rate(r.rule, axis_names[r.axis_index], r.axis_index, requests, fpr, ema_alpha, positives)
+            for r in rules if r.rule.enabled]
+
+
+def held_out_rate(rule: ResolvedRule, threshold: RuleThreshold, requests: Sequence[ScoredRequest],
+                  ema_alpha: float) -> float:
+    """The fraction of ``requests`` (a sample the threshold was NOT set on) that the rule flags."""
+    sign = 1.0 if rule.rule.direction == "above" else -1.0
+    return flag_rate(rule_statistics(rule.rule, rule.axis_index, requests, ema_alpha), sign * threshold.threshold)
