@@ -176,8 +176,9 @@ class AxisPack:
             raise MismatchError(f"{path}: axis pack format {meta['pack_format']} is newer than this axisguard "
                                 f"reads (up to {PACK_FORMAT})", "upgrade axisguard, or re-create the pack here")
         k, d = pack.vectors.shape
+        assert pack.axis_anchor_mean is not None  # set in __post_init__
         if pack.anchor_mean.shape != (d,) or any(
             getattr(pack, n).shape != (k,) for n in ("score_offset", "score_scale", "pos_mean_z", "neg_mean_z")
-        ) or len(pack.axes) != k or len(pack.layers_by_axis) != k or np.shape(pack.axis_anchor_mean) != (k, d):
+        ) or len(pack.axes) != k or len(pack.layers_by_axis) != k or pack.axis_anchor_mean.shape != (k, d):
             raise MismatchError(f"{path}: inconsistent tensor shapes in axis pack", "re-create it with `axisguard adapt`")
         return pack

@@ -66,4 +66,4 @@ def _holds(text: str, wanted: dict[str, RuleThreshold]) -> bool:
     except Exception:
         return False
     got = {r.name: r.threshold for r in policy.rules}
-    return all(isinstance(got.get(name), float) and abs(got[name] - t.threshold) < 1e-4 for name, t in wanted.items())
+    return all(isinstance(value := got.get(name), float) and abs(value - t.threshold) < 1e-4 for name, t in wanted.items())
