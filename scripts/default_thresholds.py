@@ -62,12 +62,18 @@ def build_pack(out: Path, target: str) -> Path:
 @click.option("--work", default="out/thresholds", show_default=True, type=click.Path(file_okay=False))
 @click.option("--results", default="bench/results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--write-policy/--no-write-policy", default=True, show_default=True)
-def main(target: str, fpr: float, new_tokens: int, work: str, results: str, write_policy: bool) -> None:
+@click.option("--prompt-rules-only", is_flag=True,
+              help="Check only the prompt rules (one forward pass per prompt, no generation): a quick check.")
+def main(target: str, fpr: float, new_tokens: int, work: str, results: str, write_policy: bool,
+         prompt_rules_only: bool) -> None:
     started = time.time()
     pack_dir = build_pack(Path(work), target)
     pack = AxisPack.load(pack_dir)
     base_text, base = default_policy_text(), default_policy()
-    rules = [r for r in check_against_pack(base, pack).resolved if r.rule.enabled]
+    rules = [r for r in check_against_pack(base, pack).resolved
+             if r.rule.enabled and (r.rule.score == "prompt" or not prompt_rules_only)]
+    if prompt_rules_only:
+        new_tokens, write_policy = 1, False
     halves = {h: read_prompts(BENIGN_TRAFFIC, h) for h in ("a", "b")}
     catalogue = load_catalogue(axes=["refusal", "jailbreak"])
     harmful = [p.positive for axis in ("refusal", "jailbreak") for p in catalogue.test[axis]]
@@ -89,7 +95,8 @@ def main(target: str, fpr: float, new_tokens: int, work: str, results: str, writ
                               "harmful_recall": t.recall})
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
-    command = f"python -m scripts.default_thresholds --target {target} --new-tokens {new_tokens}"
+    command = (f"python -m scripts.default_thresholds --target {target} --new-tokens {new_tokens}"
+               + (" --prompt-rules-only --no-write-policy" if prompt_rules_only else ""))
     meta = {"model": target, "pack": str(pack_dir), "layers": pack.layers_by_axis, "new_tokens": new_tokens,
             "command": command, "harmful": "catalogue refusal+jailbreak test positives"}
     (out / f"threshold_calibration_{target}.json").write_text(json.dumps({**meta, "check": check}, indent=2) + "\n")
