@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.axisguard-setup-1
 ACS_DATA ?= ../shared/acs-data
 
-.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report soak external
+.PHONY: setup demo test test-fast lint bench-eval bench-guard bench-vllm report soak external default-thresholds bench-few-shot
 
 setup: $(STAMP)
 
@@ -41,6 +41,15 @@ external: setup
 # Leave-one-family-out on the paper's released data (held-out split of its training pairs).
 bench-eval: setup
 	$(BIN)/axisguard eval --models smollm2-135m,gemma3-270m,qwen2.5-0.5b --data $(ACS_DATA) --out bench/results/acs-data-lofo
+
+# The default policy's thresholds: each rule flags 1 % of the built-in benign sample on Qwen2.5, plus the
+# calibration check (set on one half, flag rate on the other) in bench/results/threshold_calibration_*.
+default-thresholds: setup
+	$(BIN)/python -m scripts.default_thresholds --fpr 0.01
+
+# Few-shot learning curve (N labelled target pairs per axis on top of the anchors-only axis), LOFO.
+bench-few-shot: setup
+	$(BIN)/python -m scripts.few_shot_curve --out bench/results/few_shot
 
 # Guard overhead against plain generation (transformers path, then inside a vLLM engine).
 bench-guard: setup

@@ -13,13 +13,18 @@ from axisguard_cli.options import batch_option, data_option, engine_option, temp
 @click.option("--target", required=True, help="Target model (zoo name or HF folder).")
 @data_option
 @click.option("--method", type=click.Choice(["ridge", "adjoint"]), default="ridge", show_default=True)
-@click.option("--layer", type=int, default=None, help="Layer to read (default: chosen from anchors by CKA).")
+@click.option("--layer", type=int, default=None,
+              help="One layer for every axis (default: chosen from anchors by CKA, per axis if the bundle has per-axis layers).")
+@click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False), default=None,
+              help="Few-shot: labelled target pairs, axes/{axis}_anchor.jsonl (paper layout); the first --shots "
+                   "pairs per axis refine the anchors-only axis (shrinkage toward it, strength by CV on the shots).")
+@click.option("--shots", type=click.IntRange(0), default=None, help="Pairs per axis to use from --pairs (default: all).")
 @engine_option
 @template_option
 @batch_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Axis pack folder to write.")
-def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, batch_size, out) -> None:
-    """Build an axis pack for TARGET: anchors only, no labels, no fine-tuning."""
+def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, engine, chat_template, batch_size, out) -> None:
+    """Build an axis pack for TARGET: anchors only, no labels, no fine-tuning (unless --pairs gives a few)."""
     from guard.bundle import CanonicalBundle
     from guard.errors import MismatchError
     from guard.tensor_folder import MANIFEST
@@ -40,13 +45,27 @@ def command(bundle_dir, target, data_dir, method, layer, engine, chat_template, 
     from pathlib import Path
 
     bundle_sha = json.loads((Path(bundle_dir) / MANIFEST).read_text())["manifest_sha256"]
-    acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None, anchors_only=True, engine=engine,
+    if pairs_dir is not None:
+        from probes.catalogue import load_shot_pairs
+
+        catalogue.calibration = load_shot_pairs(pairs_dir, bundle.axis_names, shots)
+    acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None,
+                               anchors_only=pairs_dir is None, splits=("calibration",), engine=engine,
                                use_chat_template=chat_template, batch_size=batch_size)
     info = acts.info
     pack = adapt_pack(bundle, acts.anchors, info.at_layer(acts.layers[0]),
                       method=method, layer=layer, bundle_sha256=bundle_sha)
+    if pairs_dir is not None:
+        from probes.few_shot import refine_pack
+
+        at = {a: pack.layers_by_axis[pack.axis_index(a)] for a in catalogue.calibration}
+        pack = refine_pack(pack, {a: (acts.pos[a][at[a]], acts.neg[a][at[a]]) for a in at}, acts.anchors)
+        for axis, r in pack.diagnostics["few_shot"].items():
+            console.print(f"  few-shot {axis:<18} {r['shots']} pairs, weight on the shots {r['weight']:.1f} "
+                          f"(CV AUROC {r['cv_auroc']})")
     path = pack.save(out)
-    console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at layer {pack.layer} ({method}); "
+    where = f"layers {pack.score_layers}" if pack.per_axis_layers else f"layer {pack.layer}"
+    console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at {where} ({method}); "
                   f"{pack.diagnostics['layer_choice']['reason']}")
     for name, fid in pack.diagnostics["fidelity_back_projection"].items():
-        console.print(f"  {name:<20} back-projection fidelity {fid:.3f}")
+        console.print(f"  {name:<20} layer {pack.layers_by_axis[pack.axis_index(name)]:>3}  back-projection fidelity {fid:.3f}")

@@ -22,8 +22,11 @@ from axisguard_cli.options import (
 @engine_option
 @template_option
 @batch_option
+@click.option("--per-axis-layers/--shared-layer", default=True, show_default=True,
+              help="Read each axis at the source layers where the sources agree on it most (adapt then picks "
+                   "each axis' target layer from anchors), or every axis at one shared layer.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-def command(sources, data_dir, axes, engine, chat_template, batch_size, out) -> None:
+def command(sources, data_dir, axes, engine, chat_template, batch_size, per_axis_layers, out) -> None:
     """Calibrate canonical behaviour axes in anchor coordinate space from source models."""
     from integrations.activation_collection import collect_activations
     from probes.calibration import build_bundle
@@ -38,9 +41,10 @@ def command(sources, data_dir, axes, engine, chat_template, batch_size, out) -> 
         console.print(f"extracting [bold]{spec}[/] ({len(catalogue.anchors)} anchors, {len(catalogue.calibration)} axes)")
         acts.append(collect_activations(spec, catalogue, splits=("calibration",), use_chat_template=chat_template,
                                         engine=engine, batch_size=batch_size))
-    bundle = build_bundle(acts, catalogue.axis_specs(), catalogue.anchors_sha256)
+    bundle = build_bundle(acts, catalogue.axis_specs(), catalogue.anchors_sha256, per_axis_layers=per_axis_layers)
     path = bundle.save(out)
     layers = ", ".join(f"{s.name}@{s.layer}" for s in bundle.sources)
     console.print(f"wrote canonical bundle [bold]{path}[/]: {len(bundle.axes)} axes x {bundle.anchor_count} anchors, layers {layers}")
-    for name, agreement in bundle.diagnostics["source_agreement"].items():
-        console.print(f"  {name:<20} cross-source agreement {agreement:+.3f}")
+    for k, (name, agreement) in enumerate(bundle.diagnostics["source_agreement"].items()):
+        at = "" if bundle.axis_source_layers is None else f"  layers {bundle.axis_source_layers[k]}"
+        console.print(f"  {name:<20} cross-source agreement {agreement:+.3f}{at}")

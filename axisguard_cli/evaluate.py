@@ -67,8 +67,11 @@ def command(models, data_dir, test_data, axes, engine, chat_template, batch_size
     table.add_column("method")
     table.add_column("10-way acc", justify="right")
     table.add_column("mean AUROC", justify="right")
+    table.add_column("TPR @ 1% FPR", justify="right")
+    table.add_column("TPR @ 5% FPR", justify="right")
     for method, row in summary_by_method(results).items():
         accuracy = row["multiclass_accuracy"]
-        table.add_row(method, "n/a" if accuracy is None else f"{accuracy:.3f}", f"{row['mean_auroc']:.3f}")
+        table.add_row(method, "n/a" if accuracy is None else f"{accuracy:.3f}", f"{row['mean_auroc']:.3f}",
+                      f"{row['tpr_at_1pct_fpr']:.3f}", f"{row['tpr_at_5pct_fpr']:.3f}")
     Console().print(table)
     console.print("wrote " + ", ".join(str(p) for p in written))

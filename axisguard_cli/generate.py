@@ -12,8 +12,9 @@ import click
 from guard.errors import AxisguardError
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line, or JSONL whose records carry ``text`` (or ``prompt``)."""
+def read_prompts(path: str | Path, half: str | None = None) -> list[str]:
+    """One prompt per line, or JSONL whose records carry ``text`` (or ``prompt``); with ``half``, only
+    the JSONL records whose ``half`` field equals it (the built-in benign sample's two halves)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -33,7 +34,11 @@ def read_prompts(path: str | Path) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             raise AxisguardError(f"{path}:{number}: no 'text' (or 'prompt') string field",
                                  'each line must look like {"text": "..."}')
-        prompts.append(text)
+        if half is None or record.get("half") == half:
+            prompts.append(text)
+    if not prompts:
+        raise AxisguardError(f"{path} holds no prompts" + (f" with half={half!r}" if half else ""),
+                             "pass a file with prompts (and an existing half)")
     return prompts
 
 

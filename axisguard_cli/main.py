@@ -21,6 +21,7 @@ COMMANDS = {
     "policy": "policy",
     "generate": "generate",
     "serve": "serve",
+    "thresholds": "thresholds",
 }
 
 

@@ -30,6 +30,11 @@ class CanonicalBundle:
     used to pick a target's layer from its anchors alone. ``pos_mean_z``/``neg_mean_z`` [K]: mean
     z-score (see ``guard.scoring``) of calibration positives/negatives, averaged over sources —
     label-free priors for thresholds and clamp targets on a new model.
+
+    Per-axis layers (optional): ``axis_source_layers[k][s]`` is the layer source s reads axis k at
+    (then ``acs_axes[k]`` and the priors of axis k come from those layers) and
+    ``axis_anchor_kernels`` [K, S, N, N] the sources' anchor kernels there, so that ``adapt`` can
+    pick each axis' target layer from the target's anchors alone (``probes.axis_layers``).
     """
 
     axes: list[AxisSpec]
@@ -47,6 +52,8 @@ class CanonicalBundle:
     neg_mean_z: np.ndarray | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    axis_source_layers: list[list[int]] | None = None
+    axis_anchor_kernels: np.ndarray | None = None
 
     @property
     def axis_names(self) -> list[str]:
@@ -55,7 +62,7 @@ class CanonicalBundle:
     def save(self, path: str | Path) -> Path:
         tensors = {"acs_axes": self.acs_axes.astype(np.float32)}
         for name in ("probe_coef", "probe_intercept", "multiclass_coef", "multiclass_intercept",
-                     "anchor_kernels", "pos_mean_z", "neg_mean_z"):
+                     "anchor_kernels", "pos_mean_z", "neg_mean_z", "axis_anchor_kernels"):
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = np.asarray(value, dtype=np.float32)
@@ -68,6 +75,8 @@ class CanonicalBundle:
             "sources": [asdict(s) for s in self.sources],
             "diagnostics": self.diagnostics,
         }
+        if self.axis_source_layers is not None:
+            meta["axis_source_layers"] = self.axis_source_layers
         return write_folder(path, KIND, meta, tensors)
 
     @classmethod
@@ -90,4 +99,6 @@ class CanonicalBundle:
                 neg_mean_z=tensors.get("neg_mean_z"),
                 diagnostics=meta.get("diagnostics", {}),
                 version=meta["version"],
+                axis_source_layers=meta.get("axis_source_layers"),
+                axis_anchor_kernels=tensors.get("axis_anchor_kernels"),
             )

@@ -164,7 +164,7 @@ class GuardMetrics:
     def set_pack(self, pack: Any) -> None:
         """Publish the loaded pack (axes, layer, sources, reconstruction method) as an info gauge."""
         self._f.pack_info.labels(
-            self.model_name, pack.model.name, ",".join(pack.axis_names), str(pack.layer),
+            self.model_name, pack.model.name, ",".join(pack.axis_names), ",".join(map(str, pack.score_layers)),
             ",".join(pack.sources), pack.method,
         ).set(1)
 

@@ -179,6 +179,10 @@ class Monitor:
         f32 = torch.float32
         self.vectors = torch.as_tensor(np.asarray(pack.vectors), dtype=f32)
         self.anchor_mean = torch.as_tensor(np.asarray(pack.anchor_mean), dtype=f32)
+        # per-axis layers: the axes read at each layer, and each axis' centring (its layer's anchor mean)
+        self.axis_anchor_mean = torch.as_tensor(np.asarray(pack.axis_anchor_mean), dtype=f32)
+        self.axes_at = {layer: torch.tensor([k for k, at in enumerate(pack.layers_by_axis) if at == layer])
+                        for layer in pack.score_layers}
         self.offset = torch.as_tensor(np.asarray(pack.score_offset), dtype=f32)
         self.scale = torch.as_tensor(np.asarray(pack.score_scale), dtype=f32)
         self.rule_axis = torch.tensor([r.axis_index for r in self.rules], dtype=torch.long)
@@ -295,7 +299,8 @@ class Monitor:
         if device == self.device:
             return
         self.device = device
-        for name in ("vectors", "anchor_mean", "offset", "scale", "rule_axis", "rule_kind", "rule_sign",
+        self.axes_at = {layer: ix.to(device) for layer, ix in self.axes_at.items()}
+        for name in ("vectors", "anchor_mean", "axis_anchor_mean", "offset", "scale", "rule_axis", "rule_kind", "rule_sign",
                      "rule_window", "rule_duration", "axis_threshold", "z_bounds"):
             setattr(self, name, getattr(self, name).to(device))
         self.defaults = {k: v.to(device) for k, v in self.defaults.items()}
@@ -351,8 +356,14 @@ class Monitor:
     # --- scoring and state update -------------------------------------------------------------------
 
     def score(self, hidden32: torch.Tensor) -> torch.Tensor:
-        """z-scores [T, K] of float32 rows: one matmul for all axes."""
+        """z-scores [T, K] of float32 rows: one matmul for all axes (a pack with one layer)."""
         return z_scores(hidden32, self.anchor_mean, self.vectors, self.offset, self.scale)
+
+    def score_at(self, layer: int, hidden32: torch.Tensor, into: torch.Tensor) -> None:
+        """Per-axis layers: write the z-scores of the axes read at ``layer`` into their columns of
+        ``into`` [T, K] (one matmul for those axes; they share the layer, hence the centring)."""
+        ix = self.axes_at[layer]
+        into[:, ix] = z_scores(hidden32, self.axis_anchor_mean[ix[0]], self.vectors[ix], self.offset[ix], self.scale[ix])
 
     def update(self, z: torch.Tensor, ix: StepIndex) -> tuple[torch.Tensor, torch.Tensor]:
         """Fold one step's z-scores into the requests' state and judge the rules.

@@ -8,6 +8,11 @@ policy threshold means the same thing everywhere): for a hidden state h at the p
 where ``score_offset``/``score_scale`` are the mean/std of that cosine over the target model's own
 anchor prompts. So z = 0 is "like an average anchor prompt" and z = 2 is two anchor standard
 deviations towards the axis' positive side. See ``guard.scoring``.
+
+Per-axis layers (pack format 2): each axis may be read at its own decoder layer. Then
+``axis_layers[k]`` is axis k's layer and ``axis_anchor_mean[k]`` the anchor mean at that layer (the
+centring of its score and of steering along it); ``model.layer`` is the first axis' layer.
+Format-1 packs (every axis at ``model.layer``) load unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from guard.model_info import ModelInfo
 from guard.tensor_folder import manifest_fields, read_folder, write_folder
 
 KIND = "axis_pack"
+PACK_FORMAT = 2  # 1: one layer for all axes; 2: adds per-axis layers (``axis_layers``)
 
 
 @dataclass
@@ -50,6 +56,31 @@ class AxisPack:
     sources: list[str] = field(default_factory=list)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    axis_layers: list[int] | None = None
+    axis_anchor_mean: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        k = len(self.axes)
+        if self.axis_layers is None:  # format 1: one layer, one anchor mean for every axis
+            self.axis_layers = [self.model.layer] * k
+        self.axis_layers = [int(layer) for layer in self.axis_layers]
+        if self.axis_anchor_mean is None:
+            self.axis_anchor_mean = np.tile(np.asarray(self.anchor_mean, np.float32), (k, 1))
+
+    @property
+    def layers_by_axis(self) -> list[int]:
+        """Each axis' decoder layer (the same list as ``axis_layers``, never None)."""
+        assert self.axis_layers is not None  # set in __post_init__
+        return self.axis_layers
+
+    @property
+    def score_layers(self) -> list[int]:
+        """The distinct layers this pack reads, ascending (what an engine must hook to score)."""
+        return sorted(set(self.layers_by_axis))
+
+    @property
+    def per_axis_layers(self) -> bool:
+        return len(self.score_layers) > 1
 
     @property
     def axis_names(self) -> list[str]:
@@ -73,6 +104,10 @@ class AxisPack:
 
     def check_model(self, hidden_size: int, num_layers: int, architecture: str | None = None) -> None:
         """Refuse a model this pack was not built for (before serving, not at the first request)."""
+        bad = [layer for layer in self.layers_by_axis if not 0 <= layer < num_layers]
+        if bad and num_layers == self.model.num_layers:
+            raise MismatchError(f"pack reads layer {bad[0]}, out of range for {self.model.name} ({num_layers} layers)",
+                                "re-create the pack with `axisguard adapt`")
         if hidden_size != self.model.hidden_size:
             raise MismatchError(
                 f"pack was built for {self.model.name} (hidden size {self.model.hidden_size}), "
@@ -99,9 +134,12 @@ class AxisPack:
             "score_scale": self.score_scale,
             "pos_mean_z": self.pos_mean_z,
             "neg_mean_z": self.neg_mean_z,
+            "axis_anchor_mean": self.axis_anchor_mean,
         }
         meta = {
             "version": self.version,
+            "pack_format": PACK_FORMAT,
+            "axis_layers": self.layers_by_axis,
             "model": asdict(self.model),
             "axes": [a.to_json() for a in self.axes],
             "method": self.method,
@@ -132,10 +170,16 @@ class AxisPack:
                 sources=meta.get("sources", []),
                 diagnostics=meta.get("diagnostics", {}),
                 version=meta["version"],
+                axis_layers=meta.get("axis_layers"),  # absent in format 1
+                axis_anchor_mean=t.get("axis_anchor_mean"),
             )
+            if int(meta.get("pack_format", 1)) > PACK_FORMAT:
+                raise MismatchError(f"{path}: axis pack format {meta['pack_format']} is newer than this axisguard "
+                                    f"reads (up to {PACK_FORMAT})", "upgrade axisguard, or re-create the pack here")
             k, d = pack.vectors.shape
+            assert pack.axis_anchor_mean is not None  # set in __post_init__
             if pack.anchor_mean.shape != (d,) or any(
                 getattr(pack, n).shape != (k,) for n in ("score_offset", "score_scale", "pos_mean_z", "neg_mean_z")
-            ) or len(pack.axes) != k:
+            ) or len(pack.axes) != k or len(pack.layers_by_axis) != k or pack.axis_anchor_mean.shape != (k, d):
                 raise MismatchError(f"{path}: inconsistent tensor shapes in axis pack", "re-create it with `axisguard adapt`")
             return pack

@@ -93,7 +93,7 @@ class SteerConfig(BaseModel):
     side: Literal["above", "below", "both"] = Field(
         "above", description="clamp only: correct rows whose score is above / below the target, or all"
     )
-    layers: list[int] | None = Field(None, description="decoder layers to steer; default: the pack's layer")
+    layers: list[int] | None = Field(None, description="decoder layers to steer; default: the steering axis' layer in the pack")
     duration: int | None = Field(
         None, ge=1, description="generated tokens to keep steering after firing; default: until the end"
     )
@@ -499,14 +499,15 @@ def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
         if rule.steer is not None:
             steer = rule.steer
             sk = names.index(steer.axis) if steer.axis else k
-            layers = tuple(steer.layers) if steer.layers is not None else (pack.layer,)
+            own = pack.layers_by_axis[sk]  # the steering axis' layer (its own with per-axis layers)
+            layers = tuple(steer.layers) if steer.layers is not None else (own,)
             bad = [layer for layer in layers if layer >= num_layers]
             if bad:
                 problems.append(f"steer.layers {bad} out of range; allowed: 0..{num_layers - 1}")
-            if steer.method in ("ablate", "clamp") and layers != (pack.layer,):
+            if steer.method in ("ablate", "clamp") and layers != (own,):
                 problems.append(
-                    f"steer.method {steer.method!r} needs the pack's anchor statistics, which exist only at "
-                    f"layer {pack.layer}; allowed steer.layers: [{pack.layer}] (or leave it out)"
+                    f"steer.method {steer.method!r} needs the axis' anchor statistics, which exist only at "
+                    f"layer {own}; allowed steer.layers: [{own}] (or leave it out)"
                 )
             resolved.steer_axis_index = sk
             resolved.steer_layers = layers

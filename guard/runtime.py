@@ -87,13 +87,18 @@ class Guard:
         self.model_name = model_name or (metrics.model_name if metrics else "") or pack.model.name
         self.metrics = metrics
         self.monitor = Monitor(pack, policy, self.rules, trajectory_tokens=trajectory_tokens)
-        self.score_layer = pack.layer
+        # Per-axis layers: each axis is scored at its own layer; the rules are judged once per step, at
+        # the deepest scoring layer (``score_layer``), when every axis has its score for the step.
+        self.score_layers: list[int] = pack.score_layers
+        self.score_layer = self.score_layers[-1]
+        self._score_set = set(self.score_layers)
+        self._z_step: torch.Tensor | None = None
         self._steer_rules = [r for r in self.rules if r.steer_axis_index is not None]
         self._steer_by_layer: dict[int, list[int]] = {}
         for r in self._steer_rules:
             for layer in r.steer_layers:
                 self._steer_by_layer.setdefault(layer, []).append(r.index)
-        self.layers: list[int] = sorted({self.score_layer, *self._steer_by_layer})
+        self.layers: list[int] = sorted({*self.score_layers, *self._steer_by_layer})
         self._layer_set = set(self.layers)
         self._first_steer_layer = {r.index: min(r.steer_layers) for r in self._steer_rules}
         self._ops: dict[int, SteerOp] = {}
@@ -134,7 +139,7 @@ class Guard:
                 target = float(z_to_cosine(r.clamp_target_z, m.offset[k].item(), m.scale[k].item()))
             self._ops[r.index] = SteerOp(
                 method=steer.method, direction=m.vectors[k].to(device), strength=steer.strength,
-                relative=steer.relative, mean=m.anchor_mean.to(device), target_cos=target, side=steer.side,
+                relative=steer.relative, mean=m.axis_anchor_mean[k].to(device), target_cos=target, side=steer.side,
             )
 
     def _move_to(self, device: torch.device) -> None:
@@ -225,21 +230,24 @@ class Guard:
             try:
                 if layer <= self._last_layer:  # layers come in increasing order within a step
                     self._row_steer = None
+                    self._z_step = None
                 self._last_layer = layer
                 if hidden.device != self.monitor.device:
                     self._move_to(hidden.device)
                 flat = hidden.reshape(-1, hidden.shape[-1])
                 ix = self._index(rows, flat.shape[0])
                 h32 = None
-                if layer == self.score_layer:
+                if layer in self._score_set:
                     stage = "score"
+                    h32 = flat if flat.dtype == torch.float32 else flat.float()
+                    if self._fault is not None:  # test-only fault switch (guard/fault_injection.py)
+                        if layer == self.score_layers[0]:
+                            self._fault_steps += 1
+                        h32 = self._fault.apply(self._fault_steps, h32)
+                    z = self._score(layer, h32)
+                if layer == self.score_layer:
                     if self._defer:
                         self._poll()
-                    h32 = flat if flat.dtype == torch.float32 else flat.float()
-                    if self._fault is not None:
-                        self._fault_steps += 1
-                        h32 = self._fault.apply(self._fault_steps, h32)
-                    z = self.monitor.score(h32)
                     stage = "policy"
                     fired_now, self._row_steer = self.monitor.update(z, ix)
                     self._after_step(fired_now)
@@ -255,6 +263,16 @@ class Guard:
                         self.metrics.observe_step_seconds(time.perf_counter() - started)
                     except Exception as exc:
                         self._on_error("metrics", exc, [])
+
+    def _score(self, layer: int, h32: torch.Tensor) -> torch.Tensor:
+        """The step's z-scores [T, K]: at once for a one-layer pack; else filled in layer by layer
+        (columns of axes whose layer has not run yet stay NaN until it has)."""
+        if len(self.score_layers) == 1:
+            return self.monitor.score(h32)
+        if self._z_step is None or self._z_step.shape[0] != h32.shape[0]:
+            self._z_step = torch.full((h32.shape[0], self.monitor.num_axes), float("nan"), device=h32.device)
+        self.monitor.score_at(layer, h32, self._z_step)
+        return self._z_step
 
     def _index(self, rows: RowMap, num_rows: int) -> StepIndex:
         cache = self._index_cache

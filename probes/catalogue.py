@@ -143,6 +143,18 @@ def load_test_pairs(test_dir: Path, axes: list[str]) -> dict[str, list[ContrastP
     return found
 
 
+def load_shot_pairs(pairs_dir: str | Path, axes: list[str], shots: int | None = None) -> dict[str, list[ContrastPair]]:
+    """Few-shot pairs: the first ``shots`` pairs of ``{axis}_anchor.jsonl`` in ``pairs_dir`` (or its
+    ``axes/``) for each of ``axes`` that has a file; at least one axis must."""
+    folder = _axes_dir(Path(pairs_dir))
+    found = {a: load_pairs(folder / f"{a}{CALIBRATION_SUFFIX}", a)[:shots]
+             for a in axes if (folder / f"{a}{CALIBRATION_SUFFIX}").is_file()}
+    if not found:
+        raise AxisguardError(f"no pairs ({{axis}}{CALIBRATION_SUFFIX}) for axes {', '.join(axes)} in {folder}",
+                             "point --pairs at a directory holding e.g. axes/refusal_anchor.jsonl")
+    return {a: pairs for a, pairs in found.items() if pairs}
+
+
 def load_catalogue(data_dir: str | Path | None = None, axes: list[str] | None = None) -> Catalogue:
     """Load the built-in catalogue (``data_dir=None``) or a directory in the paper's layout."""
     root = Path(data_dir) if data_dir is not None else BUILTIN_DIR

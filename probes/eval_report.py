@@ -23,21 +23,46 @@ def mean_accuracy(rows: list[dict]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _layer_cell(layer) -> str:
+    return "per axis" if isinstance(layer, dict) else str(layer)
+
+
 def markdown_table(results: dict) -> str:
     axes = results["axes"]
-    lines = ["| target | method | layer | 10-way acc | mean AUROC | " + " | ".join(axes) + " |",
-             "|---|---|---|---|---|" + "---|" * len(axes)]
+    lines = ["| target | method | layer | 10-way acc | mean AUROC | TPR@1% | TPR@5% | " + " | ".join(axes) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(axes)]
     for row in results["results"]:
         cells = " | ".join(f"{row['auroc'][a]:.3f}" for a in axes)
-        lines.append(f"| {row['target']} | {row['method']} | {row['layer']} | {_accuracy_text(row['multiclass_accuracy'])} | "
-                     f"{row['mean_auroc']:.3f} | {cells} |")
-    summary = ["", "| method | mean 10-way acc | mean AUROC (over targets) |", "|---|---|---|"]
-    methods = list(dict.fromkeys(r["method"] for r in results["results"]))
-    for m in methods:
-        rows = [r for r in results["results"] if r["method"] == m]
-        summary.append(f"| {m} | {_accuracy_text(mean_accuracy(rows))} | "
-                       f"{np.mean([r['mean_auroc'] for r in rows]):.3f} |")
+        tpr = row["mean_tpr_at_fpr"]
+        lines.append(f"| {row['target']} | {row['method']} | {_layer_cell(row['layer'])} | "
+                     f"{_accuracy_text(row['multiclass_accuracy'])} | {row['mean_auroc']:.3f} | {tpr['0.01']:.3f} | "
+                     f"{tpr['0.05']:.3f} | {cells} |")
+    summary = ["", "| method | mean 10-way acc | mean AUROC | mean TPR @ 1% FPR | mean TPR @ 5% FPR (over targets) |",
+               "|---|---|---|---|---|"]
+    for m, row in summary_by_method(results).items():
+        summary.append(f"| {m} | {_accuracy_text(row['multiclass_accuracy'])} | {row['mean_auroc']:.3f} | "
+                       f"{row['tpr_at_1pct_fpr']:.3f} | {row['tpr_at_5pct_fpr']:.3f} |")
     return "\n".join(lines + summary) + "\n"
+
+
+# The methods whose per-axis operating points are listed (the others are in results.json).
+OPERATING_POINT_METHODS = ("reconstructed_axis", "reconstructed_axis_per_axis_layer", "acs_probe_transductive",
+                           "native_axis")
+
+
+def operating_point_table(results: dict) -> str:
+    """Per target, method and axis: AUROC next to TPR at 1 % / 5 % FPR with bootstrap 95 % intervals."""
+    lines = ["| target | method | axis | AUROC | TPR @ 1% FPR [95% CI] | TPR @ 5% FPR [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for row in results["results"]:
+        if row["method"] not in OPERATING_POINT_METHODS:
+            continue
+        for axis in results["axes"]:
+            ops = row["tpr_at_fpr"][axis]
+            cells = [f"{ops[f]['tpr']:.2f} [{ops[f]['low']:.2f}, {ops[f]['high']:.2f}]" for f in ("0.01", "0.05")]
+            lines.append(f"| {row['target']} | {row['method']} | {axis} | {row['auroc'][axis]:.3f} | "
+                         f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_by_method(results: dict) -> dict[str, dict[str, float | None]]:
@@ -45,7 +70,9 @@ def summary_by_method(results: dict) -> dict[str, dict[str, float | None]]:
     for m in dict.fromkeys(r["method"] for r in results["results"]):
         rows = [r for r in results["results"] if r["method"] == m]
         out[m] = {"multiclass_accuracy": mean_accuracy(rows),
-                  "mean_auroc": float(np.mean([r["mean_auroc"] for r in rows]))}
+                  "mean_auroc": float(np.mean([r["mean_auroc"] for r in rows])),
+                  "tpr_at_1pct_fpr": float(np.mean([r["mean_tpr_at_fpr"]["0.01"] for r in rows])),
+                  "tpr_at_5pct_fpr": float(np.mean([r["mean_tpr_at_fpr"]["0.05"] for r in rows]))}
     return out
 
 
@@ -114,7 +141,11 @@ def write_report(out_dir: str | Path, results: dict, details: list[dict], models
     md = ["# Leave-one-family-out evaluation", "",
           "Each model in turn is the target; the others are the sources. Only `native_axis` uses the target's labels "
           "(ceiling, reference only); every other method sees the target's anchors and the unlabeled prompts it scores.",
-          "", f"Layers (target, chosen from anchors by CKA): {results['layers']}", "", markdown_table(results)]
+          "", f"Layers (target, chosen from anchors by CKA): {results['layers']}",
+          f"Per-axis layers (`reconstructed_axis_per_axis_layer`, from anchors only): {results.get('axis_layers', {})}",
+          "", "TPR at a fixed FPR: the threshold is the score that at most 1 % / 5 % of the test negatives exceed; "
+          "95 % intervals by bootstrap (positives and negatives resampled apart, 1000 rounds).", "",
+          markdown_table(results), "", "## Operating points per axis", "", operating_point_table(results)]
     write_text_atomic(out / "results.md", "\n".join(md))
     written = [out / "results.json", out / "results.md"]
     for detail in details:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from guard.anchor_space import AnchorSpace, unit_rows
 from guard.axes import AxisSpec
@@ -18,10 +17,15 @@ from guard.reconstruction import reconstruct
 from guard.scoring import AnchorZScorer
 from probes.acs_probe import fit_binary, fit_multiclass
 from probes.activations import ModelActivations
+from probes.axis_layers import choose_axis_target_layers
 from probes.calibration import build_bundle, choose_layer
 from probes.directions import native_directions
+from probes.operating_points import DEFAULT_FPRS, auroc, operating_points
 
-AXIS_METHODS = ("reconstructed_axis", "reconstructed_axis_adjoint", "native_axis", "random_axis")
+__all__ = ["auroc", "evaluate_lofo", "evaluate_target"]  # auroc: re-exported for older callers
+
+AXIS_METHODS = ("reconstructed_axis", "reconstructed_axis_per_axis_layer", "reconstructed_axis_adjoint",
+                "native_axis", "random_axis")
 
 
 @dataclass
@@ -38,17 +42,19 @@ def _axis_scores(target: ModelActivations, layer: int, vectors: np.ndarray, axes
     return ScoredTest({a: score(target.test_pos[a][layer]) for a in axes}, {a: score(target.test_neg[a][layer]) for a in axes})
 
 
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Area under the ROC curve of scores ``pos`` (label 1) against ``neg`` (label 0)."""
-    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+def _detection(pos: dict[str, np.ndarray], neg: dict[str, np.ndarray], axes: list[str]) -> dict:
+    """Per axis: AUROC and TPR at 1 % / 5 % FPR with bootstrap 95 % intervals, from 1-d scores; the
+    row fields ``auroc``, ``mean_auroc``, ``tpr_at_fpr`` and ``mean_tpr_at_fpr``."""
+    aurocs = {a: auroc(pos[a], neg[a]) for a in axes}
+    tpr = {a: {str(p.fpr): {"tpr": p.tpr, "low": p.low, "high": p.high}
+               for p in operating_points(pos[a], neg[a])} for a in axes}
+    return {"auroc": aurocs, "mean_auroc": float(np.mean(list(aurocs.values()))), "tpr_at_fpr": tpr,
+            "mean_tpr_at_fpr": {str(f): float(np.mean([tpr[a][str(f)]["tpr"] for a in axes])) for f in DEFAULT_FPRS}}
 
 
-def _auroc(scored: ScoredTest, axes: list[str]) -> dict[str, float]:
-    out = {}
-    for k, a in enumerate(axes):
-        pos, neg = scored.pos[a][:, k], scored.neg[a][:, k]
-        out[a] = auroc(pos, neg)
-    return out
+def _axis_detection(scored: ScoredTest, axes: list[str]) -> dict:
+    return _detection({a: scored.pos[a][:, k] for k, a in enumerate(axes)},
+                      {a: scored.neg[a][:, k] for k, a in enumerate(axes)}, axes)
 
 
 def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float | None:
@@ -67,20 +73,19 @@ def _multiclass_accuracy(scored: ScoredTest, axes: list[str]) -> float | None:
     return correct / max(total, 1)
 
 
-def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]) -> tuple[dict[str, float], float | None]:
+def _probe_results(bundle, target: ModelActivations, layer: int, axes: list[str]) -> tuple[dict, float | None]:
     space = AnchorSpace(standardise=True).fit(target.anchors[layer])
-    auroc_by_axis = {}
+    pos, neg = {}, {}
     for k, a in enumerate(axes):
-        pos = space.transform(target.test_pos[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
-        neg = space.transform(target.test_neg[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
-        auroc_by_axis[a] = auroc(pos, neg)
+        pos[a] = space.transform(target.test_pos[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
+        neg[a] = space.transform(target.test_neg[a][layer]) @ bundle.probe_coef[k] + bundle.probe_intercept[k]
     correct = total = 0
     if bundle.multiclass_coef is not None:
         for k, a in enumerate(axes):
             decision = space.transform(target.test_pos[a][layer]) @ bundle.multiclass_coef.T + bundle.multiclass_intercept
             correct += int(np.sum(decision.argmax(axis=1) == k))
             total += len(decision)
-    return auroc_by_axis, correct / total if total else None
+    return _detection(pos, neg, axes), correct / total if total else None
 
 
 # The K-way ("which axis?") accuracy needs two axes at least; with one it is skipped (None).
@@ -98,7 +103,7 @@ def _pool_standardised(space: AnchorSpace, pool: np.ndarray):
 
 
 def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str, int], target: ModelActivations,
-                        layer: int, axes: list[str]) -> tuple[dict[str, float], float | None]:
+                        layer: int, axes: list[str]) -> tuple[dict, float | None]:
     """The paper's ACS probe with each model's coordinates standardised over its own unlabeled prompts
     (sources: calibration prompts; target: the test prompts being scored), which removes per-model
     offsets and scales of the ACS coordinates. Uses no target label."""
@@ -117,16 +122,34 @@ def _transductive_probe(sources: list[ModelActivations], source_layers: dict[str
     std_t = _pool_standardised(AnchorSpace().fit(target.anchors[layer]), pool_t)
     pos = {a: std_t(target.test_pos[a][layer]) for a in axes}
     neg = {a: std_t(target.test_neg[a][layer]) for a in axes}
-    auroc_by_axis = {}
+    dp, dn = {}, {}
     for k, a in enumerate(axes):
         probe = fit_binary(x[y == k], side[y == k], c=TRANSDUCTIVE_C)
-        dp, dn = probe.decision(pos[a])[:, 0], probe.decision(neg[a])[:, 0]
-        auroc_by_axis[a] = auroc(dp, dn)
+        dp[a], dn[a] = probe.decision(pos[a])[:, 0], probe.decision(neg[a])[:, 0]
     if len(axes) < MIN_MULTICLASS_AXES:  # a K-way probe needs two classes at least
-        return auroc_by_axis, None
+        return _detection(dp, dn, axes), None
     multi = fit_multiclass(x[side == 1], y[side == 1], c=TRANSDUCTIVE_C)
     correct = sum(int(np.sum(multi.decision(pos[a]).argmax(axis=1) == k)) for k, a in enumerate(axes))
-    return auroc_by_axis, correct / sum(len(pos[a]) for a in axes)
+    return _detection(dp, dn, axes), correct / sum(len(pos[a]) for a in axes)
+
+
+def _per_axis_layer_scores(sources: list[ModelActivations], target: ModelActivations, axes: list[AxisSpec],
+                           anchors_sha256: str, names: list[str]) -> tuple[ScoredTest, np.ndarray, dict[str, int]]:
+    """The reconstructed axes with each axis at its own label-free layer (``probes.axis_layers``):
+    test scores [n, K] (column k read at axis k's layer), the vectors and the layers."""
+    bundle = build_bundle(sources, axes, anchors_sha256, per_axis_layers=True)
+    picks = choose_axis_target_layers(bundle, target.anchors, target.info.num_layers)
+    pos = {a: np.zeros((len(target.test_pos[a][picks[0].layer]), len(names))) for a in names}
+    neg = {a: np.zeros((len(target.test_neg[a][picks[0].layer]), len(names))) for a in names}
+    vectors = []
+    for k, pick in enumerate(picks):
+        vec = reconstruct(AnchorSpace().fit(target.anchors[pick.layer]), bundle.acs_axes[k:k + 1], "ridge").vectors
+        vectors.append(vec[0])
+        score = AnchorZScorer(vec).fit(target.anchors[pick.layer]).transform
+        for a in names:
+            pos[a][:, k] = score(target.test_pos[a][pick.layer])[:, 0]
+            neg[a][:, k] = score(target.test_neg[a][pick.layer])[:, 0]
+    return ScoredTest(pos, neg), np.stack(vectors), {p.axis: p.layer for p in picks}
 
 
 def evaluate_target(
@@ -138,8 +161,10 @@ def evaluate_target(
     space = AnchorSpace().fit(target.anchors[layer])
     native = native_directions({a: target.pos[a][layer] for a in names}, {a: target.neg[a][layer] for a in names}, names)
     rng = np.random.default_rng(seed)
+    per_axis_scored, per_axis_vectors, axis_layers = _per_axis_layer_scores(sources, target, axes, anchors_sha256, names)
     vectors = {
         "reconstructed_axis": reconstruct(space, bundle.acs_axes, "ridge").vectors,
+        "reconstructed_axis_per_axis_layer": per_axis_vectors,
         "reconstructed_axis_adjoint": reconstruct(space, bundle.acs_axes, "adjoint").vectors,
         "native_axis": native,
         "random_axis": unit_rows(rng.normal(size=native.shape)),
@@ -148,31 +173,32 @@ def evaluate_target(
     rows = []
     scored_by_method = {}
     for method, vec in vectors.items():
-        scored = _axis_scores(target, layer, vec, names)
+        per_axis = method == "reconstructed_axis_per_axis_layer"
+        scored = per_axis_scored if per_axis else _axis_scores(target, layer, vec, names)
         scored_by_method[method] = scored
-        auroc = _auroc(scored, names)
+        # fidelity vs the native direction at the shared layer (undefined across layers for per-axis)
+        fidelity = {} if per_axis else dict(zip(names, map(float, np.sum(unit_rows(vec) * native, axis=1)), strict=True))
         rows.append({
-            "target": target.info.name, "sources": src_names, "method": method, "layer": layer,
-            "multiclass_accuracy": _multiclass_accuracy(scored, names),
-            "auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))),
-            "fidelity": dict(zip(names, map(float, np.sum(unit_rows(vec) * native, axis=1)), strict=True)),
+            "target": target.info.name, "sources": src_names, "method": method,
+            "layer": axis_layers if per_axis else layer,
+            "multiclass_accuracy": _multiclass_accuracy(scored, names), **_axis_detection(scored, names),
+            "fidelity": fidelity,
         })
-    auroc, acc = _probe_results(bundle, target, layer, names)
+    detection, acc = _probe_results(bundle, target, layer, names)
     rows.insert(0, {
         "target": target.info.name, "sources": src_names, "method": "acs_probe", "layer": layer,
-        "multiclass_accuracy": acc, "auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))),
-        "fidelity": rows[0]["fidelity"],
+        "multiclass_accuracy": acc, **detection, "fidelity": rows[0]["fidelity"],
     })
-    auroc, acc = _transductive_probe(sources, {s.name: s.layer for s in bundle.sources}, target, layer, names)
+    detection, acc = _transductive_probe(sources, {s.name: s.layer for s in bundle.sources}, target, layer, names)
     rows.insert(1, {
         "target": target.info.name, "sources": src_names, "method": "acs_probe_transductive", "layer": layer,
-        "multiclass_accuracy": acc, "auroc": auroc, "mean_auroc": float(np.mean(list(auroc.values()))),
-        "fidelity": rows[0]["fidelity"],
+        "multiclass_accuracy": acc, **detection, "fidelity": rows[0]["fidelity"],
     })
     detail = {
         "target": target.info.name,
         "layer": layer,
         "layer_choice": why,
+        "axis_layers": axis_layers,
         "source_layers": {s.name: s.layer for s in bundle.sources},
         "scores": scored_by_method,
         "bundle": bundle,
@@ -188,10 +214,12 @@ def evaluate_lofo(models: list[ModelActivations], axes: list[AxisSpec], anchors_
         results.extend(rows)
         details.append(detail)
     layers = {d["target"]: d["layer"] for d in details}
+    axis_layers = {d["target"]: d["axis_layers"] for d in details}
     return {
         "protocol": "leave-one-family-out",
         "axes": [a.name for a in axes],
         "layers": layers,
+        "axis_layers": axis_layers,
         "source_layers": {d["target"]: d["source_layers"] for d in details},
         "layer_choice": {d["target"]: d["layer_choice"] for d in details},
         "results": results,

@@ -7,7 +7,9 @@ length (``min_new_tokens``) so every configuration generates the same number of 
 
 * monitor: the pack's axes scored every step, rules that never fire (the common case);
 * monitor+steer: a rule that fires on every prompt and adds a relative refusal push from the
-  first generated token on (every row steered every step: the worst case).
+  first generated token on (every row steered every step: the worst case);
+* monitor@3layers: as monitor, with the axes spread over three layers (a pack with per-axis
+  layers: three hooks per step instead of one).
 
 The model is a zoo name/folder, or ``random:ARCH:D:LAYERS`` for random weights of a given shape
 (overhead does not depend on the weights, and random weights need no download), e.g.
@@ -54,18 +56,26 @@ def load(spec: str, device: str, dtype: torch.dtype):
     return loaded
 
 
-def build_pack(loaded, layer: int) -> AxisPack:
-    anchors = extract_activations(loaded, [f"Anchor prompt {i}: {p}" for i, p in enumerate(PROMPTS * 4)], [layer],
-                                  progress=False)[layer].astype(np.float64)
+def build_pack(loaded, layers: list[int]) -> AxisPack:
+    """Random axes; axis k read at ``layers[k % len(layers)]`` (one layer: a format-1 style pack)."""
+    acts = extract_activations(loaded, [f"Anchor prompt {i}: {p}" for i, p in enumerate(PROMPTS * 4)], layers,
+                               progress=False)
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(len(AXES), loaded.hidden_size))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    offset, scale = anchor_score_stats(anchors, vectors)
     k = len(AXES)
-    return AxisPack(ModelInfo(loaded.name, loaded.architecture, loaded.hidden_size, loaded.num_layers, layer),
-                    [AxisSpec(a) for a in AXES], vectors.astype(np.float32), anchors.mean(0).astype(np.float32),
+    vectors = rng.normal(size=(k, loaded.hidden_size))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    axis_layers = [layers[i % len(layers)] for i in range(k)]
+    offset, scale, means = np.zeros(k), np.zeros(k), []
+    for i, layer in enumerate(axis_layers):
+        anchors = acts[layer].astype(np.float64)
+        o, s = anchor_score_stats(anchors, vectors[i:i + 1])
+        offset[i], scale[i] = o[0], s[0]
+        means.append(anchors.mean(0))
+    return AxisPack(ModelInfo(loaded.name, loaded.architecture, loaded.hidden_size, loaded.num_layers, axis_layers[0]),
+                    [AxisSpec(a) for a in AXES], vectors.astype(np.float32), means[0].astype(np.float32),
                     offset.astype(np.float32), scale.astype(np.float32), np.full(k, 2.0, np.float32),
-                    np.full(k, -1.0, np.float32), "bench", "0" * 64)
+                    np.full(k, -1.0, np.float32), "bench", "0" * 64, axis_layers=axis_layers,
+                    axis_anchor_mean=np.stack(means).astype(np.float32))
 
 
 def policies() -> dict[str, Policy]:
@@ -94,13 +104,16 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device != "cpu" else torch.float32)
     loaded = load(args.model, args.device, dtype)
     layer = loaded.num_layers * 3 // 4
-    pack = build_pack(loaded, layer)
+    packs = {"one": build_pack(loaded, [layer]),
+             "three": build_pack(loaded, [loaded.num_layers // 2, loaded.num_layers * 5 // 8, layer])}
     prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
     gen = {"min_new_tokens": args.new_tokens}
 
     def run(name: str) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) of one guarded_generate call."""
-        guard = None if name == "plain" else Guard(pack, policies()[name], metrics=None)
+        pack = packs["three" if name.endswith("@3layers") else "one"]
+        policy = policies()[name.removesuffix("@3layers")] if name != "plain" else None
+        guard = None if policy is None else Guard(pack, policy, metrics=None)
         if args.device != "cpu":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -115,13 +128,13 @@ def main() -> None:
             assert all(o.verdict["steered"] for o in out)
         return elapsed, cpu
 
-    names = ["plain", "monitor", "monitor+steer"]
+    names = ["plain", "monitor", "monitor+steer", "monitor@3layers"]
     for name in names:  # warm-up
         run(name)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
-        for name in names[r % 3:] + names[: r % 3]:
+        for name in names[r % len(names):] + names[: r % len(names)]:
             w, c = run(name)
             wall[name].append(w)
             cpu[name].append(c)
@@ -134,6 +147,7 @@ def main() -> None:
         "model": args.model, "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "new_tokens": args.new_tokens,
         "rounds": args.rounds, "threads": torch.get_num_threads(), "score_layer": layer, "axes": len(AXES),
+        "layers_3": packs["three"].score_layers,
         "wall_ms_per_token": {n: 1000 * statistics.median(t) / tokens for n, t in wall.items()},
         "wall_ratio_to_plain": ratios(wall),
         # On a shared CPU the process CPU time (one thread) is the robust measure: other jobs stretch

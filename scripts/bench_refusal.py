@@ -72,13 +72,14 @@ def policy(threshold: float | str, strength: float, always: bool) -> Policy:
 def native_pack(pack: AxisPack, model: str) -> AxisPack:
     """The same pack with the refusal vector replaced by Qwen's own diff-of-means (uses labels)."""
     cat = load_catalogue(axes=["refusal"])
-    acts = collect_activations(model, cat, layers=[pack.layer], splits=("calibration",))
-    v = native_direction(acts.pos["refusal"][pack.layer], acts.neg["refusal"][pack.layer]).astype(np.float32)
     k = pack.axis_index("refusal")
+    layer = pack.layers_by_axis[k]  # the refusal axis' own layer (per-axis packs)
+    acts = collect_activations(model, cat, layers=[layer], splits=("calibration",))
+    v = native_direction(acts.pos["refusal"][layer], acts.neg["refusal"][layer]).astype(np.float32)
     vectors = pack.vectors.copy()
     vectors[k] = v
-    mean = acts.anchors[pack.layer].mean(0)
-    cos = (acts.anchors[pack.layer] - mean) @ v / np.linalg.norm(acts.anchors[pack.layer] - mean, axis=1)
+    mean = acts.anchors[layer].mean(0)
+    cos = (acts.anchors[layer] - mean) @ v / np.linalg.norm(acts.anchors[layer] - mean, axis=1)
     offset, scale = pack.score_offset.copy(), pack.score_scale.copy()
     offset[k], scale[k] = cos.mean(), cos.std()
     return replace(pack, vectors=vectors, score_offset=offset, score_scale=scale, method="native")
@@ -124,12 +125,12 @@ def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float
         samples[name] = {"harmful": [r.text for r in res_h[:3]], "benign": [r.text for r in res_b[:3]]}
         click.echo(json.dumps(rows[-1]))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model, "pack": str(pack_dir), "pack_sources": pack.sources, "layer": pack.layer, "n_per_set": n,
+    meta = {"model": model, "pack": str(pack_dir), "pack_sources": pack.sources, "layer": pack.layers_by_axis[pack.axis_index("refusal")], "n_per_set": n,
             "max_new_tokens": max_new_tokens, "strength_relative": strength, "policy_threshold_z": threshold,
             "judge": "refusal phrase in the first 200 characters", "phrases": REFUSAL_PHRASES}
     Path(out + ".json").write_text(json.dumps({"meta": meta, "results": rows, "samples": samples}, indent=2) + "\n")
     lines = [f"# Refusal under counter-steering: {model}", "",
-             f"Refusal axis calibrated on {', '.join(pack.sources)} only, reconstructed for {model} at layer {pack.layer} "
+             f"Refusal axis calibrated on {', '.join(pack.sources)} only, reconstructed for {model} at layer {meta['layer']} "
              f"from its anchors. {n} harmful requests in jailbreak framing and {n} benign look-alikes (catalogue refusal test "
              f"split), greedy, {max_new_tokens} new tokens, `add` steering at {strength} x ||h||, policy threshold z = {threshold}. "
              "Judge: refusal phrases (see the JSON).", "",

@@ -56,14 +56,14 @@ def main(model: str, pack_dir: str, n: int, max_new_tokens: int, out: str) -> No
     rows = [{"prompt": p, "observe_text": o.text, "clamp_text": c.text,
              "observe_mean_z": mean_generation_z(o.verdict), "clamp_mean_z": mean_generation_z(c.verdict)}
             for p, o, c in zip(prompts, runs["observe"], runs["steer"], strict=True)]
-    summary = {"model": model, "layer": pack.layer, "safe_target_z": float(pack.neg_mean_z[k]), "n": n,
+    summary = {"model": model, "layer": pack.layers_by_axis[k], "safe_target_z": float(pack.neg_mean_z[k]), "n": n,
                "observe_mean_generation_z": float(np.nanmean([r["observe_mean_z"] for r in rows])),
                "clamp_mean_generation_z": float(np.nanmean([r["clamp_mean_z"] for r in rows])),
                "texts_changed": int(sum(r["observe_text"] != r["clamp_text"] for r in rows))}
     Path(out + ".json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
     lines = [f"# `clamp` on toxicity: {model}", "",
              f"{n} toxicity test prompts, greedy, {max_new_tokens} tokens; clamp to the safe side "
-             f"(z = {summary['safe_target_z']:.2f}) at layer {pack.layer} on every generated token above it.", "",
+             f"(z = {summary['safe_target_z']:.2f}) at layer {summary['layer']} on every generated token above it.", "",
              "| run | mean toxicity z of generated tokens |", "|---|---|",
              f"| observe only | {summary['observe_mean_generation_z']:+.2f} |",
              f"| clamp | {summary['clamp_mean_generation_z']:+.2f} |", "",

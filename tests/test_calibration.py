@@ -65,8 +65,13 @@ def test_leave_one_family_out_beats_random_and_reports_the_schema(families, tmp_
         assert by[(target, "reconstructed_axis")]["mean_auroc"] > 0.9
         assert by[(target, "random_axis")]["mean_auroc"] < by[(target, "reconstructed_axis")]["mean_auroc"]
         assert by[(target, "reconstructed_axis")]["multiclass_accuracy"] > 0.5
+        assert by[(target, "reconstructed_axis_per_axis_layer")]["mean_auroc"] > 0.9
+        ops = by[(target, "reconstructed_axis")]["tpr_at_fpr"]["a0"]
+        assert set(ops) == {"0.01", "0.05"} and 0 <= ops["0.01"]["low"] <= ops["0.01"]["tpr"] <= ops["0.01"]["high"] <= 1
+        assert ops["0.01"]["tpr"] <= ops["0.05"]["tpr"]
     written = write_report(tmp_path, results, details, families)
     assert (tmp_path / "results.md").read_text().count("reconstructed_axis") >= 3
+    assert "TPR @ 1% FPR [95% CI]" in (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["axes"] == ["a0", "a1", "a2", "a3"]
     assert all(p.stat().st_size > 0 for p in written if p.suffix == ".png")
 

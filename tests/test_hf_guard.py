@@ -3,6 +3,7 @@ isolation, zero-strength identity, stop, fail-open/closed, layer convention, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -117,6 +118,29 @@ def test_prompt_score_matches_extraction_at_the_same_layer(tiny):
                         torch.tensor(pack.score_offset), torch.tensor(pack.score_scale))
     got = torch.tensor([[o.verdict["scores"][a]["prompt"] for a in pack.axis_names] for o in out])
     assert torch.allclose(got, expected, atol=2e-3)
+
+
+def test_per_axis_layers_score_each_axis_at_its_own_layer(tiny):
+    """A pack reading its three axes at layers 0, 2 and 3: the generate path hooks all three, and each
+    axis' prompt z equals the extracted last-token z at that axis' layer (with that layer's centring)."""
+    loaded, pack, _ = tiny
+    layers = [0, 2, 3]
+    acts = extract_activations(loaded, ANCHORS + PROMPTS, layers, progress=False)
+    means = np.stack([acts[layer][: len(ANCHORS)].mean(0) for layer in layers]).astype(np.float32)
+    offset, scale = [], []
+    for k, layer in enumerate(layers):
+        cos = z_scores(acts[layer][: len(ANCHORS)].astype(np.float64), means[k], pack.vectors[k:k + 1], 0.0, 1.0)
+        offset.append(cos.mean())
+        scale.append(cos.std())
+    per_axis = dataclasses.replace(pack, axis_layers=layers, axis_anchor_mean=means, anchor_mean=means[0],
+                                   score_offset=np.array(offset, np.float32), score_scale=np.array(scale, np.float32))
+    guard = Guard(per_axis, Policy.model_validate({"rules": []}))
+    assert guard.layers == layers
+    out = guarded_generate(loaded, PROMPTS, guard, max_new_tokens=2)
+    got = np.array([[o.verdict["scores"][a]["prompt"] for a in pack.axis_names] for o in out])
+    for k, layer in enumerate(layers):
+        expected = z_scores(acts[layer][len(ANCHORS):], means[k], pack.vectors[k:k + 1], offset[k], scale[k])[:, 0]
+        np.testing.assert_allclose(got[:, k], expected, atol=2e-3)
 
 
 def test_apply_removes_its_hooks(tiny):

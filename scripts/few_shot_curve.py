@@ -1,0 +1,174 @@
+"""Few-shot learning curve (issue #9): N labelled target pairs per axis on top of the anchors-only axis.
+
+Leave-one-family-out on the built-in catalogue: each zoo model in turn is the target, the other two
+calibrate the bundle (per-axis layers); the target's axis k is read at its label-free layer. For
+N = 0, 5, 10, 25, 50, 100 shots (drawn from the target's *calibration* pairs, ``--repeats`` seeded
+draws), three directions are scored on the target's *test* pairs (AUROC, scored once per draw):
+
+* ``refined``: ``probes.few_shot.refine_axis`` (shrinkage toward the anchors-only axis, strength by
+  CV on the N shots; N = 0 is the anchors-only axis);
+* ``shots_only``: the diff-of-means of the N shots alone (no prior);
+* ``native_ceiling``: the diff-of-means of all the target's calibration pairs (uses every label).
+
+Writes ``OUT/curve.json``, ``OUT/curve.md`` and ``OUT/curve.png``.
+
+    python -m scripts.few_shot_curve --out bench/results/few_shot
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from guard.anchor_space import AnchorSpace
+from guard.reconstruction import reconstruct
+from guard.scoring import centred_cosines
+from integrations.activation_collection import collect_activations
+from probes.activations import ModelActivations
+from probes.axis_layers import choose_axis_target_layers
+from probes.calibration import build_bundle
+from probes.catalogue import load_catalogue
+from probes.directions import native_direction
+from probes.few_shot import refine_axis
+from probes.operating_points import auroc
+
+SHOTS = (0, 5, 10, 25, 50, 100)
+MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
+
+
+def _test_auroc(v: np.ndarray, target: ModelActivations, axis: str, layer: int, mean: np.ndarray) -> float:
+    pos = centred_cosines(target.test_pos[axis][layer], mean, v[None])[:, 0]
+    neg = centred_cosines(target.test_neg[axis][layer], mean, v[None])[:, 0]
+    return auroc(pos, neg)
+
+
+def curve_for_target(target: ModelActivations, sources: list[ModelActivations], specs, sha: str, repeats: int,
+                     seed: int) -> dict:
+    names = [s.name for s in specs]
+    bundle = build_bundle(sources, specs, sha, per_axis_layers=True)
+    picks = choose_axis_target_layers(bundle, target.anchors, target.info.num_layers)
+    rng = np.random.default_rng(seed)
+    out: dict = {"layers": {p.axis: p.layer for p in picks}, "axes": {}}
+    for k, (axis, pick) in enumerate(zip(names, picks, strict=True)):
+        layer = pick.layer
+        anchors = target.anchors[layer]
+        mean = anchors.mean(axis=0)
+        prior = reconstruct(AnchorSpace().fit(anchors), bundle.acs_axes[k:k + 1], "ridge").vectors[0]
+        pos, neg = target.pos[axis][layer], target.neg[axis][layer]
+        n_pairs = min(len(pos), len(neg))
+        ceiling = _test_auroc(native_direction(pos, neg), target, axis, layer, mean)
+        rows = {}
+        for n in SHOTS:
+            if n > n_pairs:
+                continue
+            refined, shots_only, weights = [], [], []
+            for _ in range(repeats if 0 < n < n_pairs else 1):
+                idx = rng.choice(n_pairs, size=n, replace=False)
+                r = refine_axis(prior, pos[idx], neg[idx], mean)
+                refined.append(_test_auroc(r.vector, target, axis, layer, mean))
+                weights.append(r.weight)
+                if n >= 1:
+                    shots_only.append(_test_auroc(native_direction(pos[idx], neg[idx]), target, axis, layer, mean))
+            rows[str(n)] = {"refined": float(np.mean(refined)), "refined_sd": float(np.std(refined)),
+                            "shots_only": float(np.mean(shots_only)) if shots_only else None,
+                            "weight": float(np.mean(weights))}
+        out["axes"][axis] = {"layer": layer, "native_ceiling": ceiling, "curve": rows}
+    return out
+
+
+def _mean_over_axes(result: dict, n: str, key: str) -> float | None:
+    values = [a["curve"][n][key] for a in result["axes"].values() if n in a["curve"] and a["curve"][n][key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(results)
+    fig, grid = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.4), squeeze=False)
+    for ax, target in zip(grid[0], targets, strict=True):
+        res = results[target]
+        ns = [n for n in map(str, SHOTS) if _mean_over_axes(res, n, "refined") is not None]
+        xs = [max(int(n), 1) for n in ns]
+        ax.plot(xs, [_mean_over_axes(res, n, "refined") for n in ns], "o-", label="refined (prior + shots)")
+        so = [(x, _mean_over_axes(res, n, "shots_only")) for x, n in zip(xs, ns, strict=True) if int(n) > 0]
+        ax.plot([x for x, _ in so], [y for _, y in so], "s--", label="shots only")
+        ceiling = float(np.mean([a["native_ceiling"] for a in res["axes"].values()]))
+        ax.axhline(ceiling, color="grey", ls=":", label="native ceiling (all labels)")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, ["0" if n == "0" else n for n in ns])
+        ax.set_xlabel("labelled target pairs per axis (N)")
+        ax.set_title(f"held-out target {target}", fontsize=9)
+        ax.set_ylim(0.5, 1.0)
+    grid[0][0].set_ylabel("mean test AUROC over axes")
+    grid[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Few-shot refinement: leave-one-family-out, built-in catalogue test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(results: dict, command: str) -> str:
+    lines = ["# Few-shot refinement: learning curve", "", f"Command: `{command}`", "",
+             "Mean test AUROC over the ten axes (built-in catalogue test split, leave-one-family-out; shots drawn "
+             "from the target's calibration pairs; each axis at its label-free per-axis layer). `refined` = "
+             "shrinkage toward the anchors-only axis with the strength chosen by CV on the shots (N = 0 is the "
+             "anchors-only axis); `w` = mean weight on the shots.", "",
+             "| target | N | refined | shots only | w | native ceiling |", "|---|---|---|---|---|---|"]
+    for target, res in results.items():
+        ceiling = float(np.mean([a["native_ceiling"] for a in res["axes"].values()]))
+        for n in map(str, SHOTS):
+            refined = _mean_over_axes(res, n, "refined")
+            if refined is None:
+                continue
+            shots = _mean_over_axes(res, n, "shots_only")
+            lines.append(f"| {target} | {n} | {refined:.3f} | {'-' if shots is None else f'{shots:.3f}'} | "
+                         f"{_mean_over_axes(res, n, 'weight'):.2f} | {ceiling:.3f} |")
+    lines += ["", "Refusal axis alone:", "", "| target | layer | " + " | ".join(f"N={n}" for n in SHOTS) + " | ceiling |",
+              "|---|---|" + "---|" * len(SHOTS) + "---|"]
+    for target, res in results.items():
+        axis = res["axes"].get("refusal")
+        if axis is None:
+            continue
+        cells = [f"{axis['curve'][str(n)]['refined']:.3f}" if str(n) in axis["curve"] else "-" for n in SHOTS]
+        lines.append(f"| {target} | {axis['layer']} | " + " | ".join(cells) + f" | {axis['native_ceiling']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--models", default=MODELS, show_default=True)
+@click.option("--repeats", default=5, show_default=True, help="Seeded draws of the N shots per point.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="bench/results/few_shot", show_default=True, type=click.Path(file_okay=False))
+def main(models: str, repeats: int, seed: int, out: str) -> None:
+    started = time.time()
+    catalogue = load_catalogue()
+    specs = catalogue.axis_specs()
+    names = models.split(",")
+    acts = []
+    for m in names:
+        click.echo(f"[{time.time() - started:6.0f}s] activations of {m} (cached after the first run)", err=True)
+        acts.append(collect_activations(m, catalogue))
+    results = {}
+    for i, target in enumerate(acts):
+        click.echo(f"[{time.time() - started:6.0f}s] held-out target {target.info.name}", err=True)
+        results[target.info.name] = curve_for_target(target, acts[:i] + acts[i + 1:], specs, catalogue.anchors_sha256,
+                                                     repeats, seed)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = f"python -m scripts.few_shot_curve --models {models} --repeats {repeats} --seed {seed} --out {out}"
+    (out_dir / "curve.json").write_text(json.dumps({"command": command, "shots": SHOTS, "results": results}, indent=2) + "\n")
+    (out_dir / "curve.md").write_text(_markdown(results, command))
+    _plot(results, out_dir / "curve.png")
+    click.echo(_markdown(results, command))
+
+
+if __name__ == "__main__":
+    main()
