@@ -65,7 +65,7 @@ def package_file(package: str, relative: str) -> str:
         if str(entry) == relative:
             if entry.suffix == ".pkl":  # data here is CSV/JSON only: never unpickle
                 raise AxisguardError(f"refusing to read pickle {relative}", "read the CSV files only")
-            return Path(dist.locate_file(entry)).read_text(encoding="utf-8")
+            return Path(str(dist.locate_file(entry))).read_text(encoding="utf-8")
     raise AxisguardError(f"{package} has no file {relative}", f"reinstall {package} (pinned in scripts/setup.sh)")
 
 

@@ -67,6 +67,11 @@ class Scorer:
         return np.mean(scores, axis=0)
 
 
+def _probe_scorer(bundle, layer: int) -> Scorer:
+    assert bundle.probe_coef is not None and bundle.probe_intercept is not None  # build_bundle fits the probe
+    return Scorer("acs_probe", [layer], [bundle.probe_coef[0]], [float(bundle.probe_intercept[0])])
+
+
 def _scorers_at(target: ModelActivations, sources: list[ModelActivations], spec: AxisSpec, anchors_sha256: str,
                 source_layers: dict[str, int], layer: int) -> dict[str, Scorer]:
     bundle = build_bundle(sources, [spec], anchors_sha256, layers=source_layers)
@@ -75,7 +80,7 @@ def _scorers_at(target: ModelActivations, sources: list[ModelActivations], spec:
     return {
         "native": Scorer("native", [layer], [native]),
         "reconstructed": Scorer("reconstructed", [layer], [rec]),
-        "acs_probe": Scorer("acs_probe", [layer], [bundle.probe_coef[0]], [float(bundle.probe_intercept[0])]),
+        "acs_probe": _probe_scorer(bundle, layer),
     }
 
 
@@ -109,7 +114,7 @@ def axis_scorers(target: ModelActivations, sources: list[ModelActivations], spec
 def score_set(scorer: Scorer, target: ModelActivations, prompts: PromptSet, with_points: bool = True) -> dict:
     """AUROC (with bootstrap interval) and TPR at 1 % / 5 % FPR of one scorer on one set."""
     pos, neg = scorer(target, prompts.pos), scorer(target, prompts.neg)
-    row = {"auroc": round(auroc(pos, neg), 4), "n_pos": len(pos), "n_neg": len(neg)}
+    row: dict = {"auroc": round(auroc(pos, neg), 4), "n_pos": len(pos), "n_neg": len(neg)}
     if with_points:
         row["auroc_ci"] = [round(x, 4) for x in auroc_interval(pos, neg)]
         row["tpr_at_fpr"] = [p.as_dict() for p in operating_points(pos, neg)]

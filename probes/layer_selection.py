@@ -69,12 +69,12 @@ def map_to_target(sources: list[ModelActivations], source_layers: dict[str, int]
     depth = float(np.mean([relative_depth(source_layers[s.info.name], s.info.num_layers) for s in sources]))
     distance = {layer: abs(relative_depth(layer, target_num_layers) - depth) for layer in target_anchors}
     if rule == "cka":
-        best = max(cka, key=cka.get)
+        best = max(cka, key=lambda layer: cka[layer])
     elif rule == "depth":
-        best = min(distance, key=distance.get)
+        best = min(distance, key=lambda layer: distance[layer])
     else:
-        near = [layer for layer in target_anchors if distance[layer] <= DEPTH_WINDOW] or [min(distance, key=distance.get)]
-        best = max(near, key=cka.get)
+        near = [layer for layer in target_anchors if distance[layer] <= DEPTH_WINDOW] or [min(distance, key=lambda layer: distance[layer])]
+        best = max(near, key=lambda layer: cka[layer])
     return int(best), cka[best]
 
 
@@ -85,7 +85,7 @@ def choose_axis_layers(sources: list[ModelActivations], target_anchors: dict[int
     names = [s.info.name for s in sources]
     for axis in axes:
         choice = choose_source_layers(sources, [axis])
-        ranked = sorted(choice.table, key=choice.table.get, reverse=True) or [None]
+        ranked: list[str | None] = [*sorted(choice.table, key=lambda k: choice.table[k], reverse=True)] or [None]
         picks = []
         for key in ranked[:top]:
             layers = choice.layers if key is None else dict(zip(names, map(int, key.split(",")), strict=True))
