@@ -86,6 +86,8 @@ class VllmExtractor:
         self.pooling = pooling
         self.batch_size = batch_size
         self.engine_kwargs = {**_default_engine_kwargs(), **engine_kwargs}
+        if pooling == "mean":  # a prefix-cache hit would leave the cached prompt rows out of the mean
+            self.engine_kwargs.setdefault("enable_prefix_caching", False)
         self._tokenizer = self._load_tokenizer()
         from integrations.hf_loading import uses_chat_template
 
