@@ -21,11 +21,13 @@ What it does and where:
 =====================  ========================================================================
 ``config``             environment / config file; ``AXISGUARD_DISABLE=1`` kill switch
 ``plugin``             ``vllm.general_plugins`` entry point; no configuration, no effect at all
-``engine_settings``    eager mode and no prefix caching enforced (with the reasons), refusals
+``engine_settings``    what the guard changes in the engine config (little), refusals
 ``model_check``        the pack must match the served model (shape, architecture, name)
 ``worker``             attaches a session after ``load_model``; the ``axisguard_call`` RPC
-``session``            request lifecycle, per-step context, hooks' safety net
+``session``            request lifecycle, per-step context, the tap's safety net
+``tap_op``             ``axisguard::tap`` custom op after each guarded layer (compiled/eager/CUDA graphs)
 ``hooks``              residual stream of vLLM's fused layers, steering delta added in place
+``prefix_cache``       prefix caching on: only never-steerable blocks are cached
 ``row_mapping``        which request owns each row of the flat batch, every step
 ``overrides``          per-request overrides in ``extra_args`` / ``vllm_xargs``
 ``stop``               stop = forced EOS (a logits processor); overrides validated at admission
@@ -34,7 +36,7 @@ What it does and where:
 ``routes``             ``GET /axisguard/requests/{id}``, ``GET /axisguard/status``
 ``verdicts``           offline verdict API (``get_verdict``, ``attach_verdicts``)
 ``metrics_dir``        ``PROMETHEUS_MULTIPROC_DIR`` cleaned at start (no doubled counters)
-``capture``            activation capture through the same hooks (``--engine vllm`` extraction)
+``capture``            activation capture through the same tap (``--engine vllm`` extraction)
 ``extraction``         ``VllmExtractor`` for ``axisguard calibrate/adapt --engine vllm``
 ``client``             a guarded server as a context manager + HTTP calls (demo, tests)
 =====================  ========================================================================
