@@ -20,6 +20,10 @@ axisguard_drift                        gauge      RMS z-score over axes and rece
 axisguard_pack_info                    gauge      1, labelled with the loaded pack's description
 =====================================  =========  ============================================
 
+Token counts cover computed tokens: with vLLM's prefix caching, a cached prefix is not computed, so
+its tokens are neither scored nor counted (the last prompt token always is; see
+``integrations/vllm/prefix_cache.py``).
+
 ``axisguard_drift`` needs no labels (ground truth): z-scores are in units of the target model's own
 anchor spread, so on anchor-like traffic the RMS z is about 1; a sustained rise means live traffic
 sits farther from the anchor pool than the anchors sit from each other (new domain, prompt attack

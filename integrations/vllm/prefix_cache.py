@@ -6,7 +6,7 @@ What a cache hit changes for the guard (vLLM V1, ``KVCacheManager.get_computed_b
   guard's ``prompt`` score (the z-score of the last prompt token's row) and every ``prompt`` rule see
   exactly what they see without a hit. Repeated prompts get the same prompt scores;
 * the cached prefix's tokens are not computed, so they are **not scored**: token counts
-  (``prompt_tokens`` in the verdict, ``axisguard_tokens_total{kind="prompt"}``) count the computed
+  (``prompt_tokens`` in the verdict, ``axisguard_tokens_scored_total{phase="prompt"}``) count the computed
   prompt tokens only, and ``token_index`` of a ``prompt`` rule's firing counts from the first
   computed token. Generated tokens are always computed and scored;
 * activation capture (``--engine vllm`` extraction) pools ``last`` over the last prompt token (always
