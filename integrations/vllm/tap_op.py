@@ -39,6 +39,7 @@ from torch import nn
 
 from guard.errors import AxisguardError
 from integrations.decoder_layers import decoder_layers
+from integrations.vllm.hooks import LayerCallback
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ OP_NAME = "axisguard::tap"
 # Bump when the op's schema or the wrapped forward changes: it is part of vLLM's compile-cache key.
 TAP_VERSION = 1
 CACHE_KEY = "axisguard_tap"
-
-# callback(layer, (hidden, residual) or hidden) -> None; it may add a delta to ``hidden`` in place.
-TapCallback = Callable[[int, Any], None]
 
 _current = threading.local()
 
@@ -67,7 +65,7 @@ def _tap_fake(hidden: torch.Tensor, residual: torch.Tensor | None, layer: int) -
 
 
 @contextlib.contextmanager
-def tap_context(callback: TapCallback) -> Iterator[None]:
+def tap_context(callback: LayerCallback) -> Iterator[None]:
     """Route the taps of forwards run by this thread to ``callback`` (the guard session's step)."""
     previous = getattr(_current, "callback", None)
     _current.callback = callback
