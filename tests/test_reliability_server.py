@@ -37,6 +37,11 @@ KEY = "rel-test-key"
 MAX_MODEL_LEN = 512  # scripts.soak.VLLM_ARGS
 
 
+# Eager: `serve` compiles by default now; an inductor compile per server adds minutes on 2 cores and
+# nothing to what this file tests (the tap op is the same in both modes; test_vllm_server is compiled).
+EAGER = ("--enforce-eager",)
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reliability")
@@ -45,7 +50,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(artifacts: dict[str, Path]) -> Iterator[GuardedServer]:
-    running = start_server(artifacts, artifacts["root"], "guarded")
+    running = start_server(artifacts, artifacts["root"], "guarded", extra_args=EAGER)
     running.api_key = KEY
     running.command += ["--api-key", KEY]
     with running:
@@ -217,7 +222,7 @@ def faulty_server(artifacts: dict[str, Path], server: GuardedServer) -> Iterator
     policy = artifacts["root"] / "fail-closed.yaml"
     policy.write_text(artifacts["policy"].read_text().replace("on_error: fail_open", "on_error: fail_closed"))
     running = start_server({**artifacts, "policy": policy}, artifacts["root"], "faulty",
-                           env={"AXISGUARD_TEST_FAULT": "raise:7"})
+                           env={"AXISGUARD_TEST_FAULT": "raise:7"}, extra_args=EAGER)
     with running:
         yield running
 
