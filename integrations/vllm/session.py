@@ -6,9 +6,9 @@ It ties the pieces together around one model runner:
   are finished in the consumer and their verdicts moved to a bounded store; new requests are
   started with their per-request overrides (``SamplingParams.extra_args``);
 * **step context**: right before the forward, the step's row layout is read from the runner
-  (``row_mapping``); the layer hooks only act while that context is set, so vLLM's own dummy and
+  (``row_mapping``); the layer taps (``tap_op``) only act while that context is set, so vLLM's own dummy and
   profiling forwards pass through untouched;
-* **hooks**: at each hooked layer the consumer (the runtime ``Guard``, or the activation capture)
+* **taps**: at each tapped layer the consumer (the runtime ``Guard``, or the activation capture)
   gets the residual stream of the real rows and may return a delta, added in place;
 * **safety net**: anything that raises in this path is caught, counted by stage and logged once per
   kind; the step continues unguarded. A guard must never take the engine down.
