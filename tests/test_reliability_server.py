@@ -241,7 +241,7 @@ def test_fail_closed_stops_the_affected_requests_and_serves_the_others(faulty_se
     for verdict, finish in verdicts:
         assert verdict["stopped"] == (verdict["errors"] > 0), verdict  # stopped exactly when affected
         if verdict["errors"]:
-            assert "stop" in verdict["actions"] and finish == "stop", (verdict, finish)
+            assert "stop" in verdict["actions"] and finish == "content_filter", (verdict, finish)  # in-band (#14)
     affected = sum(v["errors"] > 0 for v, _ in verdicts)
     assert 0 < affected < len(verdicts), "some requests hit a fault, others did not"
     after = wait_idle(faulty_server)
