@@ -68,6 +68,8 @@ The demo/test HTTP harness (a guarded server as a context manager) is ``scripts/
 
 Known limits: no pipeline parallelism, no speculative decoding, V1 model runner only; a request
 preempted and recomputed by vLLM has its recomputed tokens scored again (token counts, not rule
-firing, are affected: a rule fires at most once); ``stop`` cannot end a request that sets
+firing, are affected: a rule fires at most once); a prefix-cache hit's tokens are not computed,
+hence not scored or counted (prompt scores are unchanged: the last prompt token is always
+computed, see ``prefix_cache``); ``stop`` cannot end a request that sets
 ``ignore_eos`` without stop token ids (the verdict still says ``stopped``).
 """
