@@ -56,6 +56,7 @@ bench-guard: setup
 	$(BIN)/python -m scripts.bench_guard_overhead --model smollm2-135m --batch 8 --new-tokens 32 --rounds 5 --out bench/results/guard_overhead_smollm2.json
 
 bench-vllm: setup
+	$(BIN)/python -m scripts.bench_vllm_defaults --model smollm2-135m --rounds 3 --out bench/results
 	$(BIN)/python -m scripts.bench_vllm_throughput --model smollm2-135m --batch 8 32 --rounds 5 --out bench/results
 
 # Soak: 500 mixed requests at concurrency 24 through `axisguard serve` (SmolLM2, loopback), with and

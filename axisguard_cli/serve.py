@@ -6,8 +6,9 @@ Everything after the known options goes to vLLM unchanged, e.g.
 
 The pack is loaded and checked against the model's config (hidden size, layers, architecture,
 name) and the policy against the pack BEFORE the server starts. Then the process execs
-``python -m vllm.entrypoints.openai.api_server`` with eager mode, prefix caching off (see
-``integrations.vllm.engine`` for why), the axisguard plugins enabled (``VLLM_PLUGINS``),
+``python -m vllm.entrypoints.openai.api_server`` with vLLM's own defaults (compiled model, prefix
+caching on; ``--enforce-eager`` forces eager, see ``integrations.vllm.engine``), the
+axisguard plugins enabled (``VLLM_PLUGINS``),
 and a clean ``PROMETHEUS_MULTIPROC_DIR`` so the guard's metrics show on ``/metrics``.
 """
 
@@ -85,8 +86,10 @@ def build_launch(model: str, pack: str, policy: str | None, allow_name_mismatch:
     argv = [sys.executable, "-m", SERVER_MODULE, "--model", str(resolved.path)]
     if _option_value(vllm_args, "--served-model-name") is None:
         argv += ["--served-model-name", resolved.name]
-    # Last on the command line so they win over anything in vllm_args (argparse: last one counts).
-    argv += [*vllm_args, "--enforce-eager", "--no-enable-prefix-caching"]
+    # vLLM's defaults (compiled model, prefix caching) are kept: the guard's tap op runs in compiled
+    # graphs and the cache never shares steerable KV (integrations.vllm.tap_op / prefix_cache).
+    # `--enforce-eager` among vllm_args forces eager mode.
+    argv += list(vllm_args)
     return argv, env
 
 

@@ -23,6 +23,10 @@ axisguard_policy_info                  gauge      1 for the policy in force (nam
 axisguard_policy_reloads_total         counter    live policy reloads, per result (applied/refused)
 =====================================  =========  ============================================
 
+Token counts cover computed tokens: with vLLM's prefix caching, a cached prefix is not computed, so
+its tokens are neither scored nor counted (the last prompt token always is; see
+``integrations/vllm/prefix_cache.py``).
+
 ``axisguard_drift`` needs no labels (ground truth): z-scores are in units of the target model's own
 anchor spread, so on anchor-like traffic the RMS z is about 1; a sustained rise means live traffic
 sits farther from the anchor pool than the anchors sit from each other (new domain, prompt attack

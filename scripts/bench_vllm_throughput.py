@@ -1,6 +1,7 @@
 """Throughput (generated tokens/s) of vLLM with and without the guard, as ratios, on SmolLM2.
 
-Part 1, interleaved in ONE eager engine (identical engine settings for every variant): the guard
+Part 1, interleaved in ONE eager engine (identical engine settings for every variant; the guard on vLLM's
+default compiled engine is measured by ``bench_vllm_defaults``): the guard
 session is detached / re-attached between runs, so each round measures, in rotated order,
 
 * vanilla: no hooks at all (the session removed; the model runs exactly as unguarded vLLM in eager mode);
@@ -11,7 +12,7 @@ Each round's time is divided by that round's vanilla time; the median over round
 so machine noise (this host is shared) hits every variant alike. The best run of each variant
 (least disturbed by other processes) is reported too.
 
-Part 2, eager vs compiled vanilla: the cost of the eager mode the guard requires. Two engines
+Part 2, eager vs compiled vanilla: the cost of eager mode (which the guard required before its tap op). Two engines
 cannot share a process, so each run is a fresh process, alternating eager/compiled; engine start
 (and compilation) is excluded from the timing; each process times 5 generations after a warm-up.
 
@@ -105,7 +106,10 @@ def interleaved(paths: dict[str, Path], batches: list[int], rounds: int, new_tok
     from integrations.vllm.worker import SESSION_ATTR, attach, session_of
 
     install()
-    llm = LLM(model=str(paths["model"]), max_num_seqs=max(batches), **ENGINE)
+    # Eager on purpose: the session is detached and re-attached between runs, which a compiled model
+    # (its taps baked in at the first forward) does not allow; bench_vllm_defaults measures the default engine.
+    llm = LLM(model=str(paths["model"]), max_num_seqs=max(batches), enforce_eager=True, enable_prefix_caching=False,
+              **ENGINE)
     worker = llm.llm_engine.model_executor.driver_worker.worker
 
     def use(variant: str) -> None:

@@ -83,7 +83,8 @@ def check_guarded(outcomes: list[Outcome], metrics_text: str, status: dict[str, 
         if not o.verdicts:
             continue
         v = o.verdicts[0]
-        expect = {"stop": v["stopped"] and all(r == "stop" for r in o.finish_reasons) and not any(o.texts),
+        # A stopped choice reads finish_reason "content_filter" (in-band verdicts, policy in_band default on).
+        expect = {"stop": v["stopped"] and all(r == "content_filter" for r in o.finish_reasons) and not any(o.texts),
                   "steer": v["steered"], "flag": "flag" in v["actions"],
                   "guard_off": not v["actions"], "none": set(v["actions"]) <= {"flag"}}.get(o.override, True)
         if not expect:

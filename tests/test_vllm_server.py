@@ -122,3 +122,23 @@ def test_metrics_endpoint_has_guard_series(server: GuardedServer) -> None:
     assert any(line.startswith("axisguard_actions_total{") for line in lines), lines
     assert any(line.startswith("axisguard_pack_info{") for line in lines), lines
     assert any(line.startswith("vllm:") for line in text.splitlines()), "vLLM's own metrics must stay"
+
+
+def test_default_engine_is_compiled_with_prefix_caching(server: GuardedServer, setup: dict[str, Any]) -> None:
+    """`axisguard serve` keeps vLLM's defaults: the scores above came from the compiled SmolLM2."""
+    log = (setup["root"] / "server.log").read_text(errors="replace")
+    assert "enforce_eager=False" in log and "enable_prefix_caching=True" in log
+    assert "mode': <CompilationMode.NONE" not in log
+
+
+def test_prefix_cache_hit_keeps_the_prompt_scores(server: GuardedServer, setup: dict[str, Any]) -> None:
+    """A prompt longer than two KV blocks (128 tokens each on CPU), sent twice: the second one reads
+    its prefix from the cache, computes only the tail, and gets the same prompt scores."""
+    text = " ".join(f"Paragraph {i}: the committee reviewed the harbour budget, the ferry timetable and the "
+                    "plans for the new library wing before lunch." for i in range(16))
+    first, second = (server.chat(text, max_tokens=2) for _ in range(2))
+    [v1], [v2] = server.verdicts(first["id"]), server.verdicts(second["id"])
+    assert v1["prompt_tokens"] == first["usage"]["prompt_tokens"] > 256
+    assert second["usage"]["prompt_tokens"] - v2["prompt_tokens"] >= 256, "expected a prefix-cache hit"
+    for axis in setup["axes"]:
+        assert v2["scores"][axis]["prompt"] == pytest.approx(v1["scores"][axis]["prompt"], abs=1e-3)

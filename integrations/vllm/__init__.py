@@ -22,11 +22,14 @@ What it does and where (the modules the next change will touch first are marked 
 ``config``             environment / config file, ``AXISGUARD_DISABLE=1`` kill switch; the
                        Prometheus multiprocess dir; per-request overrides (``extra_args``)
 ``plugin``             ``vllm.general_plugins`` entry point; no configuration, no effect at all
-``engine`` *           engine settings (eager, no prefix caching, refusals) and the check that
-                       the pack matches the served model (shape, architecture, name)
+``engine`` *           engine settings (compiled + prefix caching kept, eager switch, refusals) and
+                       the check that the pack matches the served model (shape, architecture, name)
 ``worker``             attaches a session after ``load_model``; the ``axisguard_call`` RPC
-``session`` *          request lifecycle, per-step context, hooks' safety net; ``GuardConsumer``
-``hooks`` *            the tap: residual stream of vLLM's fused layers, steering delta added
+``session`` *          request lifecycle, per-step context, the tap's safety net; ``GuardConsumer``
+``tap_op`` *           ``axisguard::tap`` custom op after each guarded layer (compiled, eager, CUDA
+                       graphs), the tap's place in vLLM's compile-cache key
+``hooks``              residual stream of vLLM's fused layers, steering delta added in place
+``prefix_cache``       prefix caching on: only blocks that can never hold steered KV are cached
 ``row_mapping``        which request owns each row of the flat batch, every step
 ``stop``               stop = forced EOS (a logits processor); overrides validated at admission
 ``tensor_parallel``    TP: rank 0 scores and decides, every rank adds the same delta
@@ -40,14 +43,16 @@ What it does and where (the modules the next change will touch first are marked 
 ``policy_reload``      API server: the policy in force, its file watch and the POST route's checks
 ``inband``             ASGI middleware: the verdict in each response, ``content_filter``, headers
 ``route_auth``         every ``/axisguard`` route requires vLLM's ``--api-key`` when one is set
-``capture``            activation capture through the same hooks, and ``VllmExtractor`` for
+``capture``            activation capture through the same tap, and ``VllmExtractor`` for
                        ``axisguard calibrate/adapt --engine vllm``
 =====================  ========================================================================
 
 One hidden state, from vLLM to a Prometheus sample (five files):
 
-1. ``integrations/vllm/hooks.py``: a forward hook on decoder layer L hands the layer output to the
-   session (``install_layer_hooks``); ``residual_stream`` un-fuses vLLM's ``(hidden, residual)``.
+1. ``integrations/vllm/tap_op.py``: the ``axisguard::tap`` custom op after decoder layer L (a node
+   of the compiled graph, or an eager call) hands the layer output to the session's per-step
+   callback (``install_taps``, ``tap_context``); ``hooks.residual_stream`` un-fuses vLLM's
+   ``(hidden, residual)``.
 2. ``integrations/vllm/session.py``: ``GuardSession._on_layer`` cuts the real rows of the flat batch
    with this step's ``StepRows``; ``GuardConsumer.on_step`` passes them on as a ``RowMap``.
 3. ``guard/runtime.py``: ``Guard.on_hidden`` takes the rows at the pack's scoring layer to float32,
@@ -63,6 +68,8 @@ The demo/test HTTP harness (a guarded server as a context manager) is ``scripts/
 
 Known limits: no pipeline parallelism, no speculative decoding, V1 model runner only; a request
 preempted and recomputed by vLLM has its recomputed tokens scored again (token counts, not rule
-firing, are affected: a rule fires at most once); ``stop`` cannot end a request that sets
+firing, are affected: a rule fires at most once); a prefix-cache hit's tokens are not computed,
+hence not scored or counted (prompt scores are unchanged: the last prompt token is always
+computed, see ``prefix_cache``); ``stop`` cannot end a request that sets
 ``ignore_eos`` without stop token ids (the verdict still says ``stopped``).
 """

@@ -1,7 +1,7 @@
-"""Activation capture through vLLM's hooks: pooled prompt activations per request and layer.
+"""Activation capture through the guard's tap (``tap_op``): pooled prompt activations per request and layer.
 
 This is the step consumer behind ``--engine vllm`` extraction (``integrations.vllm.capture``): it
-sees exactly the rows the guard sees (same hooks, same row map), and pools each request's prompt
+sees exactly the rows the guard sees (same tap, same row map), and pools each request's prompt
 rows the way the transformers path does: ``last`` = the last prompt token's residual stream,
 ``mean`` = the mean over prompt tokens. Prompts split over several steps by chunked prefill are
 accumulated across steps. Generated-token rows are ignored.
@@ -9,7 +9,7 @@ accumulated across steps. Generated-token rows are ignored.
 Activation extraction through vLLM (``axisguard calibrate/adapt --engine vllm``).
 
 For models too large for the transformers path on one device (e.g. 70B on several GPUs with
-tensor parallelism), anchor and axis activations are read inside vLLM with the very hooks the
+tensor parallelism), anchor and axis activations are read inside vLLM with the very tap the
 guard uses (``capture``). Prompts are tokenised with the transformers path's convention
 (``integrations.hf_loading.encode_prompts``: chat template XOR special tokens) and handed to vLLM
 as token ids, so both engines read identical tokens; each prompt then runs one prefill
@@ -146,6 +146,8 @@ class VllmExtractor:
         self.pooling = pooling
         self.batch_size = batch_size
         self.engine_kwargs = {**_default_engine_kwargs(), **engine_kwargs}
+        if pooling == "mean":  # a prefix-cache hit would leave the cached prompt rows out of the mean
+            self.engine_kwargs.setdefault("enable_prefix_caching", False)
         self._tokenizer = self._load_tokenizer()
         from integrations.hf_loading import uses_chat_template
 

@@ -1,16 +1,21 @@
 """Engine settings the guard needs, applied in the process that builds vLLM's config (API server / ``LLM``).
 
-Only when axisguard is configured (see ``config``); each change is logged with its reason:
+Only when axisguard is configured (see ``config``); each change is logged with its reason.
 
-* **eager mode** (``enforce_eager=True``): the guard is a set of Python forward hooks; torch.compile
-  and CUDA graphs replay a captured graph that skips them (scores would silently stop and steering
-  would not be applied). We enforce eager rather than ship a compile-safe custom op: simpler, and
-  the cost is measured in ``bench/results/`` (eager vs compiled vanilla).
-* **no prefix caching** (``enable_prefix_caching=False``): a cached prefix is never recomputed, so its
-  tokens would skip the hooks (prompt scores of a repeated prompt would be wrong: only the uncached
-  tail would be scored) and a steered request would reuse KV computed without steering (and vice
-  versa). Salting the cache per steering state cannot work either: whether a request is steered is
-  decided while its prompt is read.
+What the guard does NOT change any more (each mode is guarded correctly):
+
+* **compilation** stays vLLM's default: the guard reads and steers the residual stream through a
+  ``torch.library`` custom op after each guarded layer (``tap_op``), one opaque node that
+  torch.compile keeps; on CPU vLLM compiles one inductor graph with the op inside. ``--enforce-eager``
+  (``enforce_eager=True``) is the switch to force eager: the same op then runs eagerly.
+* **CUDA graphs**: the op is added to vLLM's graph splitting ops and runs between piecewise graphs;
+  a FULL cudagraph mode (the GPU default ``FULL_AND_PIECEWISE``) is switched to ``PIECEWISE`` with a
+  logged warning, because a full graph would replay the forward without the tap (``tap_op``).
+* **prefix caching** stays on (vLLM's default): the last prompt token is always computed, so prompt
+  scores are unchanged by a hit; a cached prefix's tokens are not counted as scored; only blocks
+  before a request's last prompt token are ever cached, so steered KV is never reused
+  (``prefix_cache``).
+
 * **model runner V1** (``VLLM_USE_V2_MODEL_RUNNER=0``, set by the plugin): the row map reads V1's
   persistent batch.
 * the stop / override-validation **logits processor** (``stop``) is added to ``logits_processors``.
@@ -47,14 +52,6 @@ log = logging.getLogger(__name__)
 
 def apply_required_settings(engine_args: Any, config: GuardConfig) -> None:
     """Adjust ``EngineArgs`` in place before vLLM builds its config."""
-    if not engine_args.enforce_eager:
-        log.warning("axisguard: enforcing eager mode (enforce_eager=True): the guard's layer hooks do not run "
-                    "inside compiled graphs / CUDA graphs")
-        engine_args.enforce_eager = True
-    if engine_args.enable_prefix_caching is not False:
-        log.warning("axisguard: disabling prefix caching: cached prefixes skip the guard's hooks (wrong prompt "
-                    "scores) and would reuse unsteered KV for steered requests")
-        engine_args.enable_prefix_caching = False
     if config.mode == "guard":
         processors = list(engine_args.logits_processors or [])
         if STOP_PROCESSOR not in processors:

@@ -1,4 +1,4 @@
-"""Forward hooks on vLLM decoder layers: read the residual stream after a block, add a steering delta.
+"""vLLM decoder layers' output: read the residual stream after a block, add a steering delta.
 
 Layer convention (the same as everywhere in axisguard): "layer L" is the residual stream after
 decoder block L, i.e. what a forward hook on ``model.model.layers[L]`` sees. vLLM's decoder layers
@@ -6,21 +6,16 @@ return ``(hidden, residual)`` with the residual add fused into the next layer's 
 is ``hidden + residual``; a steering delta is added to ``hidden`` (the next fused add then carries it
 into the stream, and the final norm too for the last layer).
 
-Hooks only work in eager mode: a torch.compile'd / CUDA-graph'd forward skips Python hooks, which
-is why the plugin forces ``enforce_eager`` (see ``engine``).
+The layer output reaches the guard through the compile-safe tap op (``tap_op``), in eager and
+compiled mode alike (Python forward hooks would be skipped by a compiled forward).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
-
-from guard.errors import AxisguardError
-from integrations.decoder_layers import decoder_layers
 
 # callback(layer, module_output) -> None; it may add a delta in place with ``add_to_stream``.
 LayerCallback = Callable[[int, Any], None]
@@ -40,21 +35,3 @@ def add_to_stream(output: Any, delta: torch.Tensor) -> None:
     hidden = output if isinstance(output, torch.Tensor) else output[0]
     rows = delta.shape[0]
     hidden[:rows].add_(delta.to(dtype=hidden.dtype, device=hidden.device))
-
-
-def install_layer_hooks(model: nn.Module, layers: Sequence[int], callback: LayerCallback) -> list[RemovableHandle]:
-    """Register one forward hook per requested layer; returns handles (``.remove()`` to uninstall)."""
-    blocks = decoder_layers(model)
-    bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
-    if bad:
-        raise AxisguardError(
-            f"layer {bad[0]} is out of range for this model ({len(blocks)} decoder layers)",
-            "the pack or policy was built for a different model; rebuild it with `axisguard adapt`",
-        )
-    handles = []
-    for layer in sorted(set(layers)):
-        def hook(_module: nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
-            callback(layer, output)
-
-        handles.append(blocks[layer].register_forward_hook(hook))
-    return handles

@@ -4,14 +4,16 @@ Unconfigured (no ``AXISGUARD_PACK``/``AXISGUARD_CONFIG``, or ``AXISGUARD_DISABLE
 returns at once: no patch, no hook, no environment change, so a vLLM that merely has axisguard
 installed behaves exactly as without it.
 
-Configured, it installs two small interceptions (idempotent):
+Configured, it installs three small interceptions (idempotent):
 
 * ``EngineArgs.create_engine_config``, in the process that builds the engine config: applies the
   settings the guard needs and refuses what it cannot serve, including a pack that does not match
-  the model, before any engine process starts (``engine``);
+  the model, before any engine process starts (``engine``; CUDA-graph mode: ``tap_op``);
+* ``KVCacheManager``, in the engine-core process: a guarded engine caches only blocks that cannot
+  hold steered KV (``prefix_cache``);
 * ``WorkerWrapperBase.load_model``, in the worker processes: right after the model is loaded, the
-  guard session hooks its decoder layers (``worker.attach``). ``WorkerWrapperBase`` wraps every
-  worker class on every executor (uniproc, multiproc, Ray), so this is the one place that sees the
+  guard session taps its decoder layers (``worker.attach``), before vLLM's first (compiling)
+  forward. ``WorkerWrapperBase`` wraps every worker class on every executor (uniproc, multiproc, Ray), so this is the one place that sees the
   loaded model of any platform's worker. It also gains ``axisguard_call`` for ``collective_rpc``.
 
 Both interceptions re-read the configuration when they run, so engines created later in the same
@@ -48,6 +50,9 @@ def install() -> None:
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     _patch_engine_args()
     _patch_worker_wrapper()
+    from integrations.vllm.prefix_cache import install_prefix_cache_policy
+
+    install_prefix_cache_policy()
     _installed = True
 
 
@@ -62,10 +67,12 @@ def _patch_engine_args() -> None:
         if config is None:
             return original(self, *args, **kwargs)
         from integrations.vllm.engine import apply_required_settings, check_engine_config
+        from integrations.vllm.tap_op import adapt_graph_settings
 
         apply_required_settings(self, config)
         vllm_config = original(self, *args, **kwargs)
         check_engine_config(vllm_config, config)
+        adapt_graph_settings(vllm_config)
         return vllm_config
 
     EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]

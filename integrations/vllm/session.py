@@ -6,9 +6,9 @@ It ties the pieces together around one model runner:
   are finished in the consumer and their verdicts moved to a bounded store; new requests are
   started with their per-request overrides (``SamplingParams.extra_args``);
 * **step context**: right before the forward, the step's row layout is read from the runner
-  (``row_mapping``); the layer hooks only act while that context is set, so vLLM's own dummy and
+  (``row_mapping``); the layer taps (``tap_op``) only act while that context is set, so vLLM's own dummy and
   profiling forwards pass through untouched;
-* **hooks**: at each hooked layer the consumer (the runtime ``Guard``, or the activation capture)
+* **taps**: at each tapped layer the consumer (the runtime ``Guard``, or the activation capture)
   gets the residual stream of the real rows and may return a delta, added in place;
 * **safety net**: anything that raises in this path is caught, counted by stage and logged once per
   kind; the step continues unguarded. A guard must never take the engine down.
@@ -33,8 +33,9 @@ import torch
 from guard.runtime import Guard
 from integrations.vllm.choices import in_choice_order
 from integrations.vllm.config import overrides_from_extra_args
-from integrations.vllm.hooks import add_to_stream, install_layer_hooks, residual_stream
+from integrations.vllm.hooks import add_to_stream, residual_stream
 from integrations.vllm.row_mapping import StepRows, step_rows_from_runner
+from integrations.vllm.tap_op import install_taps, tap_context
 from integrations.vllm.tensor_parallel import SingleRank, StepSync
 from integrations.vllm.verdicts import VerdictStore, id_matches
 
@@ -87,7 +88,7 @@ class GuardSession:
         self._step: StepRows | None = None
         self.steps = 0
         self.layers = sorted(set(layers))
-        self._handles = install_layer_hooks(runner.get_model(), self.layers, self._on_layer)
+        self._handles = install_taps(runner.get_model(), self.layers, getattr(runner, "vllm_config", None))
         self._wrap_runner()
         with _SESSIONS_LOCK:
             _SESSIONS[id(runner.vllm_config)] = weakref.ref(self)
@@ -107,7 +108,8 @@ class GuardSession:
             self._step = self._guarded("row_map", step_rows_from_runner, runner)
             self.steps += 1
             try:
-                return model_forward(*args, **kwargs)
+                with tap_context(self._on_layer):
+                    return model_forward(*args, **kwargs)
             finally:
                 self._step = None
 
@@ -115,7 +117,7 @@ class GuardSession:
         runner._model_forward = guarded_model_forward
 
     def close(self) -> None:
-        """Remove the hooks and the runner wrappers (the runner behaves as before)."""
+        """Remove the taps and the runner wrappers (the runner behaves as before)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -2,7 +2,8 @@
 
 ``attach`` runs right after ``load_model`` in every vLLM worker (see ``plugin``). It checks the
 runner is one the row map understands, then builds the consumer (the runtime ``Guard``, or the
-activation capture for ``--engine vllm`` extraction) on the scoring rank and hooks the model.
+activation capture for ``--engine vllm`` extraction) on the scoring rank and taps the model's layers
+(``tap_op``, before vLLM's first forward compiles it).
 A pack that does not fit the model raises here, so the engine refuses to start.
 
 ``rpc`` is what ``collective_rpc("axisguard_call", args=(op, ...))`` runs in each worker: the HTTP
@@ -35,12 +36,6 @@ def _check_runner(runner: Any, vllm_config: Any) -> None:
             "it needs vLLM's V1 model runner",
             "set VLLM_USE_V2_MODEL_RUNNER=0 (the plugin does so when it is configured before vLLM starts)",
         )
-    if not vllm_config.model_config.enforce_eager:
-        raise AxisguardError("axisguard needs eager mode, but this engine compiles the model",
-                             "pass enforce_eager=True / --enforce-eager")
-    if vllm_config.cache_config.enable_prefix_caching:
-        raise AxisguardError("axisguard needs prefix caching off (cached prefixes skip the hooks)",
-                             "pass enable_prefix_caching=False / --no-enable-prefix-caching")
 
 
 def attach(worker: Any, config: GuardConfig | None = None) -> GuardSession | None:
