@@ -27,10 +27,12 @@ import numpy as np
 
 from guard.anchor_space import AnchorSpace, linear_cka
 from probes.activations import ModelActivations
+from probes.axis_layers import DEPTH_WINDOW, relative_depth
 from probes.layer_choice import choose_source_layers
 
+# ``depth_cka`` is the rule the product ships (``probes.axis_layers``, from the bundle's stored kernels);
+# this module evaluates it and its variants from the sources' activations (``make external``).
 RULES = ("cka", "depth", "depth_cka")
-DEPTH_WINDOW = 0.15
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,6 @@ class AxisLayers:
     agreement: float
     cka: float
     rule: str
-
-
-def relative_depth(layer: int, num_layers: int) -> float:
-    return layer / max(num_layers - 1, 1)
 
 
 def _cka_table(target_anchors: dict[int, np.ndarray], kernels: list[np.ndarray]) -> dict[int, float]:
