@@ -11,6 +11,11 @@ where the refusal direction barely separates anything. Here, per axis:
   ``DEPTH_WINDOW`` relative depth of the sources, the one whose anchor kernel is closest (linear
   CKA) to the sources' kernels at the axis' layers.
 
+An axis whose card fixes a ``read_depth`` skips both searches: every model, sources and target,
+reads it at its candidate layer nearest that relative depth. Refusal needs this: the layers where
+the sources agree most are deep, and there the refusal direction separates external harmful
+requests from look-alikes worst (``bench/results/external/``, DEV split).
+
 The external-validity work (issue #9 part 1) studies label-free layer rules on held-out data;
 this module is the product mechanics the bundle and pack formats carry.
 """
@@ -56,12 +61,23 @@ def relative_depth(layer: int, num_layers: int) -> float:
     return layer / max(num_layers - 1, 1)
 
 
-def per_axis_canonical(sources: list[ModelActivations], names: list[str]) -> PerAxisCanonical:
-    """Each axis' canonical ACS direction at the source layers where the sources agree on it most."""
+def nearest_layer(candidates: list[int], num_layers: int, depth: float) -> int:
+    """The candidate layer whose relative depth is closest to ``depth`` (the shallower one on a tie)."""
+    return min(sorted(candidates), key=lambda layer: abs(relative_depth(layer, num_layers) - depth))
+
+
+def per_axis_canonical(sources: list[ModelActivations], names: list[str],
+                       read_depths: dict[str, float] | None = None) -> PerAxisCanonical:
+    """Each axis' canonical ACS direction at the source layers where the sources agree on it most,
+    or, for an axis in ``read_depths``, at each source's layer nearest that relative depth."""
     axes, agreement, layers, kernels = [], [], [], []
     for axis in names:
-        choice = choose_source_layers(sources, [axis])
-        chosen = [choice.layers[s.info.name] for s in sources]
+        depth = (read_depths or {}).get(axis)
+        if depth is not None:
+            chosen = [nearest_layer(s.layers, s.info.num_layers, depth) for s in sources]
+        else:
+            choice = choose_source_layers(sources, [axis])
+            chosen = [choice.layers[s.info.name] for s in sources]
         projected, grams = [], []
         for source, layer in zip(sources, chosen, strict=True):
             space = AnchorSpace().fit(source.anchors[layer])
@@ -82,11 +98,16 @@ def choose_axis_target_layers(bundle: CanonicalBundle, target_anchors: dict[int,
     assert bundle.axis_source_layers is not None and bundle.axis_anchor_kernels is not None
     grams = {layer: AnchorSpace().fit(acts).gram() for layer, acts in sorted(target_anchors.items())}
     out = []
-    for k, axis in enumerate(bundle.axis_names):
-        depth = float(np.mean([relative_depth(layer, s.num_layers)
-                               for layer, s in zip(bundle.axis_source_layers[k], bundle.sources, strict=True)]))
-        distance = {layer: abs(relative_depth(layer, num_layers) - depth) for layer in grams}
-        near = [layer for layer in grams if distance[layer] <= DEPTH_WINDOW] or [min(distance, key=distance.__getitem__)]
+    for k, spec in enumerate(bundle.axes):
+        axis = spec.name
+        if spec.read_depth is not None:  # fixed by the axis card: no search
+            depth = spec.read_depth
+            near = [nearest_layer(list(grams), num_layers, depth)]
+        else:
+            depth = float(np.mean([relative_depth(layer, s.num_layers)
+                                   for layer, s in zip(bundle.axis_source_layers[k], bundle.sources, strict=True)]))
+            distance = {layer: abs(relative_depth(layer, num_layers) - depth) for layer in grams}
+            near = [layer for layer in grams if distance[layer] <= DEPTH_WINDOW] or [min(distance, key=distance.__getitem__)]
         cka = {layer: float(np.mean([linear_cka(grams[layer], kern) for kern in bundle.axis_anchor_kernels[k]]))
                for layer in near}
         best = max(cka, key=cka.__getitem__)

@@ -83,7 +83,8 @@ def build_bundle(
         neg_z.append(nz)
         self_fidelity.append(fid)
     canon_axes, agreement = canon.axes, canon.agreement
-    per_axis = per_axis_canonical(sources, names) if per_axis_layers else None
+    depths = {a.name: a.read_depth for a in axes if a.read_depth is not None}
+    per_axis = per_axis_canonical(sources, names, depths) if per_axis_layers else None
     if per_axis is not None:
         canon_axes, agreement = per_axis.axes, per_axis.agreement
         for k, axis in enumerate(names):

@@ -93,7 +93,8 @@ def axis_scorers(target: ModelActivations, sources: list[ModelActivations], spec
     names = [s.name for s in specs]
     one_layer, _ = choose_layer(shared, target.anchors)
     shared_sources = {s.name: s.layer for s in shared.sources}
-    per_axis = choose_axis_layers(sources, target.anchors, target.info.num_layers, names, top=3)
+    depths = {s.name: s.read_depth for s in specs if s.read_depth is not None}
+    per_axis = choose_axis_layers(sources, target.anchors, target.info.num_layers, names, top=3, read_depths=depths)
     out: dict[str, dict[str, Scorer]] = {}
     for spec in specs:
         picks: list[AxisLayers] = per_axis[spec.name]

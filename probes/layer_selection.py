@@ -27,7 +27,7 @@ import numpy as np
 
 from guard.anchor_space import AnchorSpace, linear_cka
 from probes.activations import ModelActivations
-from probes.axis_layers import DEPTH_WINDOW, relative_depth
+from probes.axis_layers import DEPTH_WINDOW, nearest_layer, relative_depth
 from probes.layer_choice import choose_source_layers
 
 # ``depth_cka`` is the rule the product ships (``probes.axis_layers``, from the bundle's stored kernels);
@@ -77,11 +77,22 @@ def map_to_target(sources: list[ModelActivations], source_layers: dict[str, int]
 
 
 def choose_axis_layers(sources: list[ModelActivations], target_anchors: dict[int, np.ndarray], target_num_layers: int,
-                       axes: list[str], rule: str = "depth_cka", top: int = 1) -> dict[str, list[AxisLayers]]:
-    """Per axis, the ``top`` best (source layers, target layer) choices, best first. No target labels."""
+                       axes: list[str], rule: str = "depth_cka", top: int = 1,
+                       read_depths: dict[str, float] | None = None) -> dict[str, list[AxisLayers]]:
+    """Per axis, the ``top`` best (source layers, target layer) choices, best first. No target labels.
+    An axis in ``read_depths`` is read at every model's layer nearest that depth (one choice)."""
     out: dict[str, list[AxisLayers]] = {}
     names = [s.info.name for s in sources]
     for axis in axes:
+        depth = (read_depths or {}).get(axis)
+        if depth is not None:
+            fixed = {s.info.name: nearest_layer(s.layers, s.info.num_layers, depth) for s in sources}
+            target = nearest_layer(list(target_anchors), target_num_layers, depth)
+            kernels = [AnchorSpace().fit(s.anchors[fixed[s.info.name]]).gram() for s in sources]
+            agreement = choose_source_layers(sources, [axis]).table.get(",".join(str(fixed[n]) for n in names), float("nan"))
+            out[axis] = [AxisLayers(axis, fixed, target, float(agreement),
+                                    _cka_table({target: target_anchors[target]}, kernels)[target], "read_depth")]
+            continue
         choice = choose_source_layers(sources, [axis])
         ranked: list[str | None] = [*sorted(choice.table, key=lambda k: choice.table[k], reverse=True)] or [None]
         picks = []

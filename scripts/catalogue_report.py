@@ -76,7 +76,8 @@ benign look-alikes and everyday requests written for this project (`probes/exter
 `probes/catalogue/benign_traffic.jsonl`). AUROC per run, set, held-out model and scorer below;
 bootstrap intervals and TPR at 1 % / 5 % FPR are in `bench/results/external/*.md`. `one_layer`: every
 axis at the layer `adapt` picks; `per_axis`: each axis at its own label-free layer
-(`probes/layer_selection.py`). `before` = catalogue at the start of issue #9, `after` = reworked."""
+(`probes/layer_selection.py`). `before` = catalogue at the start of issue #9, `after` = reworked,
+`depth` = reworked with refusal read at a quarter of the depth (its card's `read_depth`, the shipped rule)."""
 
 
 def length_auroc(pairs) -> float:

@@ -10,6 +10,10 @@
    -> ``bench/results/threshold_calibration_{target}.{json,md}``
 4. Rewrites ``probes/catalogue/default_policy.yaml`` with thresholds set on the whole sample at
    ``--fpr`` (comments kept; each threshold line says its sample size and rates).
+5. Demo check: scores ``make demo``'s three prompts (``scripts/demo_serve.py``) the same way and
+   lists the rules of the (new) default policy each one fires
+   -> ``bench/results/default_policy_demo_{target}.md``. ``--demo-only`` runs just this step
+   against the policy file as it is.
 
     python -m scripts.default_thresholds            # or: make default-thresholds
     python -m scripts.default_thresholds --target smollm2-135m --no-write-policy   # the check only
@@ -36,7 +40,7 @@ from integrations.traffic_scoring import score_traffic
 from probes.catalogue import load_catalogue
 from probes.policies import DEFAULT_POLICY_RESOURCE, default_policy, default_policy_text
 from probes.policy_writer import write_thresholds
-from probes.traffic_thresholds import BENIGN_TRAFFIC, held_out_rate, policy_thresholds
+from probes.traffic_thresholds import BENIGN_TRAFFIC, held_out_rate, policy_thresholds, rule_statistic
 
 SOURCES = ("smollm2-135m", "gemma3-270m")
 TARGET = "qwen2.5-0.5b"
@@ -55,6 +59,35 @@ def build_pack(out: Path, target: str) -> Path:
     return pack
 
 
+def demo_check(loaded, pack: AxisPack, target: str, new_tokens: int, results: Path) -> list[str]:
+    """Which rules of the default policy (as written now) fire on ``make demo``'s prompts, on ``target``."""
+    from scripts.demo_serve import PROMPTS
+
+    policy = default_policy()
+    resolved = [r for r in check_against_pack(policy, pack).resolved if r.rule.enabled]
+    scored = score_traffic(loaded, pack, list(PROMPTS.values()), new_tokens)
+    lines = [f"# Default policy on `make demo`'s prompts ({target})", "",
+             f"`python -m scripts.default_thresholds --target {target} --demo-only` (the pack of "
+             f"`make default-thresholds`; prompt z and {new_tokens} greedy tokens through the transformers path, as "
+             "the monitor scores them). A rule is listed when its statistic crosses its threshold.", "",
+             "| prompt | refusal z | jailbreak z | rules that fire |", "|---|---|---|---|"]
+    names = pack.axis_names
+    for (kind, _), request in zip(PROMPTS.items(), scored, strict=True):
+        fired = []
+        for r in resolved:
+            sign = 1.0 if r.rule.direction == "above" else -1.0
+            if rule_statistic(r.rule, r.axis_index, request, policy.ema_alpha) > sign * r.threshold:
+                fired.append(f"{r.rule.name} -> {r.rule.action}")
+        z = {a: request.prompt_z[names.index(a)] for a in ("refusal", "jailbreak") if a in names}
+        lines.append(f"| {kind} | {z.get('refusal', float('nan')):+.2f} | {z.get('jailbreak', float('nan')):+.2f} | "
+                     f"{', '.join(fired) or 'none'} |")
+    thresholds = {r.rule.name: r.threshold for r in resolved if r.rule.name in ("harmful_request", "jailbreak_framing")}
+    lines += ["", "Thresholds: " + ", ".join(f"`{k}` {v:+.3f}" for k, v in thresholds.items()) + "."]
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"default_policy_demo_{target}.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
 @click.command()
 @click.option("--target", default=TARGET, show_default=True, help="Model the thresholds are measured on.")
 @click.option("--fpr", default=0.01, show_default=True, help="Flag rate of the default policy's thresholds.")
@@ -64,11 +97,16 @@ def build_pack(out: Path, target: str) -> Path:
 @click.option("--write-policy/--no-write-policy", default=True, show_default=True)
 @click.option("--prompt-rules-only", is_flag=True,
               help="Check only the prompt rules (one forward pass per prompt, no generation): a quick check.")
+@click.option("--demo-only", is_flag=True, help="Only score make demo's prompts against the policy file as it is.")
 def main(target: str, fpr: float, new_tokens: int, work: str, results: str, write_policy: bool,
-         prompt_rules_only: bool) -> None:
+         prompt_rules_only: bool, demo_only: bool) -> None:
     started = time.time()
     pack_dir = build_pack(Path(work), target)
     pack = AxisPack.load(pack_dir)
+    if demo_only:
+        loaded = load_model(target)
+        click.echo("\n".join(demo_check(loaded, pack, target, new_tokens, Path(results))))
+        return
     base_text, base = default_policy_text(), default_policy()
     rules = [r for r in check_against_pack(base, pack).resolved
              if r.rule.enabled and (r.rule.score == "prompt" or not prompt_rules_only)]
@@ -126,6 +164,7 @@ def main(target: str, fpr: float, new_tokens: int, work: str, results: str, writ
         path = Path(__file__).resolve().parents[1] / "probes" / DEFAULT_POLICY_RESOURCE[1]
         path.write_text(write_thresholds(base_text, base, final, header), encoding="utf-8")
         click.echo(f"wrote {path}", err=True)
+        click.echo("\n".join(demo_check(loaded, pack, target, new_tokens, out)))
 
 
 if __name__ == "__main__":

@@ -97,3 +97,22 @@ def test_calibrate_and_adapt_choose_a_layer_per_axis_without_target_labels(tmp_p
         assert pos.mean() > neg.mean()
     one = adapt_pack(bundle, target.anchors, info, layer=2)
     assert one.layers_by_axis == [2, 2, 2]
+
+
+def test_an_axis_with_a_read_depth_is_read_at_that_depth_on_sources_and_target(tmp_path):
+    """The card's ``read_depth`` replaces both searches (agreement on sources, CKA on the target):
+    every model reads the axis at its candidate layer nearest that relative depth; other axes keep
+    the search. The depth travels in the bundle, so ``adapt`` needs nothing else."""
+    world = latent_world(n_axes=2)
+    sources = [family(world, "src-a", 24, 1, layers=(1, 4, 8)), family(world, "src-b", 20, 2, layers=(1, 4, 8))]
+    for s in sources:  # 9-layer models: candidate depths 0.125 / 0.5 / 1.0
+        s.info = dataclasses.replace(s.info, num_layers=9)
+    target = family(world, "tgt", 28, 3, layers=(2, 6, 10))  # 13 layers: depths 1/6, 1/2, 5/6
+    specs = [AxisSpec("a0", "positive", "negative", read_depth=0.9), AxisSpec("a1", "positive", "negative")]
+    bundle = build_bundle(sources, specs, "0" * 64, per_axis_layers=True)
+    assert bundle.axis_source_layers is not None and bundle.axis_source_layers[0] == [8, 8]
+    bundle = type(bundle).load(bundle.save(tmp_path / "bundle"))
+    assert bundle.axes[0].read_depth == 0.9 and bundle.axes[1].read_depth is None
+    pack = adapt_pack(bundle, target.anchors, ModelInfo("tgt", "llama", 28, 13))
+    assert pack.layers_by_axis[0] == 10
+    assert pack.diagnostics["layer_choice"]["per_axis"]["a0"]["source_depth"] == 0.9

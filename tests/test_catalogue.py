@@ -391,3 +391,14 @@ def test_export_of_a_subset_without_metadata(tmp_path: Path):
     (pair,) = read_rows(tmp_path / "out" / "axes" / "demo_anchor.jsonl")
     assert pair == {"axis": "demo", "pair_id": 0, "positive": "p", "negative": "n", "pos_label": "yes", "neg_label": "no"}
     assert load_catalogue(tmp_path / "out").calibration == catalogue.calibration
+
+
+def test_the_refusal_card_fixes_its_read_depth_and_a_bad_depth_is_refused_with_a_fix(tmp_path):
+    specs = {s.name: s for s in load_catalogue(axes=["refusal", "toxicity"]).axis_specs()}
+    assert specs["refusal"].read_depth == 0.25 and specs["toxicity"].read_depth is None
+    export_catalogue(load_catalogue(axes=["refusal"]), tmp_path)
+    card = tmp_path / "cards" / "refusal.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "read_depth": 2}))
+    with pytest.raises(AxisguardError, match="read_depth") as err:
+        load_catalogue(tmp_path).axis_specs()
+    assert "between 0 (first layer) and 1" in (err.value.hint or "")
