@@ -16,6 +16,10 @@ prefix caching pays). The observe process also runs ``shared_prefix_no_cache``: 
 with ``skip_reading_prefix_cache=True``, i.e. what the guard cost when it turned prefix caching off.
 
     python -m scripts.bench_vllm_defaults --model smollm2-135m --rounds 3 --out bench/results
+
+``--split-cost`` answers "is it the guard's maths or the plugin around it?" in ONE compiled observe
+engine: batch-8 generations alternate between the guard as served and the same engine with the
+guard's consumer detached (taps, runner wrappers and lifecycle still run, nothing is scored).
 """
 
 from __future__ import annotations
@@ -98,6 +102,33 @@ def single_process(variant: str, paths: dict[str, str], new_tokens: int, repeats
     return speeds
 
 
+def split_cost(paths: dict[str, str], new_tokens: int, rounds: int = 6) -> dict[str, Any]:
+    """In-process A/B of the observe engine: guard consumer attached vs detached (see the docstring)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["AXISGUARD_PACK"], os.environ["AXISGUARD_POLICY"] = paths["pack"], paths["observe"]
+    from integrations.vllm.plugin import install
+
+    install()
+    from vllm import LLM
+
+    from integrations.vllm.worker import session_of
+
+    llm = LLM(model=paths["model"], **ENGINE)
+    session = session_of(llm.llm_engine.model_executor.driver_worker.worker)
+    assert session is not None
+    consumer, prompts = session.consumer, [PROMPTS[i % len(PROMPTS)] for i in range(8)]
+    timed(llm, prompts, 8)
+    runs: dict[str, list[float]] = {"guard": [], "detached": []}
+    for r in range(rounds):
+        for mode in ("guard", "detached") if r % 2 == 0 else ("detached", "guard"):
+            session.consumer = consumer if mode == "guard" else None
+            runs[mode].append(timed(llm, prompts, new_tokens))
+    session.consumer = consumer
+    ratio = statistics.median(g / d for g, d in zip(runs["guard"], runs["detached"], strict=True))
+    return {"tokens_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+            "guard_over_detached_median": round(ratio, 3)}
+
+
 def run_rounds(paths: dict[str, str], rounds: int, new_tokens: int, repeats: int,
                partial: Path | None = None) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
@@ -165,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--split-cost", action="store_true", help="in-process A/B: guard attached vs detached")
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,6 +205,9 @@ def main() -> None:
         return
     artifacts = write_artifacts(args.model, Path(tempfile.mkdtemp(prefix="axisguard-vllm-defaults-")))
     paths = {k: str(v) for k, v in artifacts.items()}
+    if args.split_cost:
+        print(json.dumps(split_cost(paths, args.new_tokens), indent=2))
+        return
     report: dict[str, Any] = {
         "command": " ".join(["python -m scripts.bench_vllm_defaults", *sys.argv[1:]]),
         "model": args.model, "new_tokens": args.new_tokens, "rounds": args.rounds, "repeats": args.repeats,
