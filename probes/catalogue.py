@@ -52,7 +52,7 @@ class Catalogue:
         for name, pairs in self.calibration.items():
             card = self.cards.get(name, {})
             depth = card.get("read_depth")
-            if depth is not None and not (isinstance(depth, int | float) and 0.0 <= depth <= 1.0):
+            if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int | float) or not 0 <= depth <= 1):
                 raise AxisguardError(f"axis card {name!r}: read_depth {depth!r} is not a relative depth",
                                      "use a number between 0 (first layer) and 1 (last layer), or leave it out")
             specs.append(AxisSpec(name, pairs[0].pos_label, pairs[0].neg_label, card.get("detects", ""),
