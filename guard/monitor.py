@@ -185,6 +185,7 @@ class Monitor:
                         for layer in pack.score_layers}
         self.offset = torch.as_tensor(np.asarray(pack.score_offset), dtype=f32)
         self.scale = torch.as_tensor(np.asarray(pack.score_scale), dtype=f32)
+        self._layer_scorers = self._scorers_by_layer()
         self.rule_axis = torch.tensor([r.axis_index for r in self.rules], dtype=torch.long)
         self.rule_kind = torch.tensor([KIND_CODES[r.rule.score] for r in self.rules], dtype=torch.long)
         self.rule_sign = torch.tensor([1.0 if r.rule.direction == "above" else -1.0 for r in self.rules])
@@ -303,6 +304,7 @@ class Monitor:
         for name in ("vectors", "anchor_mean", "axis_anchor_mean", "offset", "scale", "rule_axis", "rule_kind", "rule_sign",
                      "rule_window", "rule_duration", "axis_threshold", "z_bounds"):
             setattr(self, name, getattr(self, name).to(device))
+        self._layer_scorers = self._scorers_by_layer()
         self.defaults = {k: v.to(device) for k, v in self.defaults.items()}
         self.state.move_to(device)
         self.acc.move_to(device)
@@ -359,11 +361,17 @@ class Monitor:
         """z-scores [T, K] of float32 rows: one matmul for all axes (a pack with one layer)."""
         return z_scores(hidden32, self.anchor_mean, self.vectors, self.offset, self.scale)
 
+    def _scorers_by_layer(self) -> dict[int, tuple[torch.Tensor, ...]]:
+        """Per score layer, its axes' columns and their constants (centring, vectors, offset, scale),
+        sliced once here rather than gathered again at every step."""
+        return {layer: (ix, self.axis_anchor_mean[int(ix[0])], self.vectors[ix], self.offset[ix], self.scale[ix])
+                for layer, ix in self.axes_at.items()}
+
     def score_at(self, layer: int, hidden32: torch.Tensor, into: torch.Tensor) -> None:
         """Per-axis layers: write the z-scores of the axes read at ``layer`` into their columns of
         ``into`` [T, K] (one matmul for those axes; they share the layer, hence the centring)."""
-        ix = self.axes_at[layer]
-        into[:, ix] = z_scores(hidden32, self.axis_anchor_mean[ix[0]], self.vectors[ix], self.offset[ix], self.scale[ix])
+        ix, mean, vectors, offset, scale = self._layer_scorers[layer]
+        into[:, ix] = z_scores(hidden32, mean, vectors, offset, scale)
 
     def update(self, z: torch.Tensor, ix: StepIndex) -> tuple[torch.Tensor, torch.Tensor]:
         """Fold one step's z-scores into the requests' state and judge the rules.
