@@ -39,9 +39,10 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     from guard.policy import check_against_pack, load_policy
     from integrations.hf_loading import load_model
     from integrations.traffic_scoring import score_traffic
+    from probes.catalogue import BENIGN_TRAFFIC
     from probes.policies import default_policy, default_policy_text
     from probes.policy_writer import threshold_comment, write_thresholds
-    from probes.traffic_thresholds import BENIGN_TRAFFIC, policy_thresholds
+    from probes.traffic_thresholds import policy_thresholds
 
     pack = AxisPack.load(pack_dir)
     if policy_file:

@@ -18,6 +18,9 @@ from guard.errors import AxisguardError
 from guard.text_files import read_user_text, write_text_atomic
 
 BUILTIN_DIR = Path(__file__).parent / "catalogue"
+# The built-in sample of ordinary everyday requests (two disjoint halves, field `half`), written for
+# the project: thresholds from traffic and the external-validity check both read it.
+BENIGN_TRAFFIC = BUILTIN_DIR / "benign_traffic.jsonl"
 CALIBRATION_SUFFIX = "_anchor.jsonl"
 TEST_SUFFIX = "_test.jsonl"
 PAIR_FIELDS = ("positive", "negative")
@@ -52,9 +55,6 @@ class Catalogue:
         for name, pairs in self.calibration.items():
             card = self.cards.get(name, {})
             depth = card.get("read_depth")
-            if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int | float) or not 0 <= depth <= 1):
-                raise AxisguardError(f"axis card {name!r}: read_depth {depth!r} is not a relative depth",
-                                     "use a number between 0 (first layer) and 1 (last layer), or leave it out")
             specs.append(AxisSpec(name, pairs[0].pos_label, pairs[0].neg_label, card.get("detects", ""),
                                   float(depth) if depth is not None else None))
         return specs
@@ -160,6 +160,13 @@ def load_shot_pairs(pairs_dir: str | Path, axes: list[str], shots: int | None = 
     return {a: pairs for a, pairs in found.items() if pairs}
 
 
+def _check_read_depth(card_path: Path, depth: object) -> None:
+    """A card's optional ``read_depth`` must be a relative depth; refused when the catalogue loads."""
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int | float) or not 0 <= depth <= 1):
+        raise AxisguardError(f"{card_path}: read_depth {depth!r} is not a relative depth",
+                             "use a number between 0 (first layer) and 1 (last layer), or leave it out")
+
+
 def load_catalogue(data_dir: str | Path | None = None, axes: list[str] | None = None) -> Catalogue:
     """Load the built-in catalogue (``data_dir=None``) or a directory in the paper's layout."""
     root = Path(data_dir) if data_dir is not None else BUILTIN_DIR
@@ -185,6 +192,7 @@ def load_catalogue(data_dir: str | Path | None = None, axes: list[str] | None = 
                 cards[a] = json.loads(read_user_text(card_path, "axis card", "fix the axis card"))
             except json.JSONDecodeError as exc:
                 raise AxisguardError(f"{card_path}: not valid JSON ({exc.msg})", "fix the axis card") from exc
+            _check_read_depth(card_path, cards[a].get("read_depth"))
     return Catalogue(root=root, anchors=anchors, calibration=calibration, test=test, cards=cards)
 
 

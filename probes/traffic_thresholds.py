@@ -24,12 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from guard.policy import ResolvedRule, Rule
-from probes.catalogue import BUILTIN_DIR
 from probes.operating_points import threshold_at_fpr
-
-# The built-in sample of ordinary everyday requests (two disjoint halves, field `half`), written for
-# the project; `axisguard thresholds` uses it when the operator passes no prompts of their own.
-BENIGN_TRAFFIC = BUILTIN_DIR / "benign_traffic.jsonl"
 
 
 @dataclass(frozen=True)

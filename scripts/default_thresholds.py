@@ -37,10 +37,10 @@ from guard.pack import AxisPack
 from guard.policy import check_against_pack
 from integrations.hf_loading import load_model
 from integrations.traffic_scoring import score_traffic
-from probes.catalogue import load_catalogue
+from probes.catalogue import BENIGN_TRAFFIC, load_catalogue
 from probes.policies import DEFAULT_POLICY_RESOURCE, default_policy, default_policy_text
 from probes.policy_writer import write_thresholds
-from probes.traffic_thresholds import BENIGN_TRAFFIC, held_out_rate, policy_thresholds, rule_statistic
+from probes.traffic_thresholds import held_out_rate, policy_thresholds, rule_statistic
 
 SOURCES = ("smollm2-135m", "gemma3-270m")
 TARGET = "qwen2.5-0.5b"
