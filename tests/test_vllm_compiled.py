@@ -14,26 +14,19 @@ from typing import Any
 
 import pytest
 
-from tests.vllm_support import build_tiny_folder, flush_finished, inprocess_engine, random_pack, session_of
+from tests.vllm_support import (
+    flush_finished,
+    inprocess_engine,
+    session_of,
+    switchable_policy,
+    tiny_guarded_files,
+)
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 SCORE_LAYER = 2
-ALWAYS = -1.0e6
-POLICY = f"""
-name: compiled-test
-allow_overrides: ["enabled", "*.enabled"]
-rules:
-  - {{name: flag_all, axis: toxicity, threshold: {ALWAYS}, action: flag}}
-  - name: steer_prompt
-    axis: refusal
-    threshold: {ALWAYS}
-    action: steer
-    enabled: false
-    steer: {{method: add, strength: 4.0}}
-  - {{name: stop_prompt, axis: refusal, threshold: {ALWAYS}, action: stop, enabled: false}}
-"""
+POLICY = switchable_policy("compiled-test", ["enabled", "*.enabled"], steer="{method: add, strength: 4.0}")
 PROMPTS = ["The first prompt, somewhat longer than the others.", "second prompt", "and a third one"]
 BLOCK = 32  # small KV blocks so that short prompts fill whole blocks (CPU default: 128)
 COMPILED = dict(enforce_eager=False, enable_prefix_caching=True, block_size=BLOCK)
@@ -75,12 +68,9 @@ def fresh_vllm_env() -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("vllm_compiled")
-    folder, name = build_tiny_folder(root / "model")
-    pack_dir = random_pack(name, layer=SCORE_LAYER).save(root / "pack")
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY)
-    return {"folder": folder, "root": root,
-            "env": {"AXISGUARD_PACK": str(pack_dir), "AXISGUARD_POLICY": str(policy),
+    files = tiny_guarded_files(root, POLICY, SCORE_LAYER)
+    return {"folder": files["folder"], "root": root,
+            "env": {"AXISGUARD_PACK": str(files["pack"]), "AXISGUARD_POLICY": str(files["policy"]),
                     "VLLM_CACHE_ROOT": str(root / "vllm-cache")}}
 
 

@@ -8,40 +8,31 @@ from typing import Any
 
 import pytest
 
-from tests.vllm_support import build_tiny_folder, flush_finished, inprocess_engine, random_pack, session_of
+from tests.vllm_support import (
+    ALWAYS,
+    flush_finished,
+    inprocess_engine,
+    session_of,
+    switchable_policy,
+    tiny_guarded_files,
+)
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 SCORE_LAYER = 2
-ALWAYS = -1.0e6  # a threshold every token crosses: the rule fires on the first judgement
-POLICY = f"""
-name: test-guard
-allow_overrides: ["enabled", "*.enabled", "*.strength"]
-rules:
-  - {{name: flag_all, axis: toxicity, threshold: {ALWAYS}, action: flag}}
-  - name: steer_prompt
-    axis: refusal
-    threshold: {ALWAYS}
-    action: steer
-    enabled: false
-    steer: {{method: add, strength: 4.0}}
-  - {{name: stop_prompt, axis: refusal, threshold: {ALWAYS}, action: stop, enabled: false}}
-  - {{name: stop_generation, axis: refusal, score: generation, min_tokens: 3, threshold: {ALWAYS},
-     action: stop, enabled: false}}
-"""
+POLICY = switchable_policy(
+    "test-guard", ["enabled", "*.enabled", "*.strength"], steer="{method: add, strength: 4.0}",
+    extra_rules=f"  - {{name: stop_generation, axis: refusal, score: generation, min_tokens: 3, threshold: {ALWAYS},"
+                " action: stop, enabled: false}\n")
 PROMPTS = ["The first prompt, somewhat longer than the others.", "second prompt", "and a third one"]
 MAX_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    root = tmp_path_factory.mktemp("vllm_guard")
-    folder, name = build_tiny_folder(root / "model")
-    pack_dir = random_pack(name, layer=SCORE_LAYER).save(root / "pack")
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY)
-    with inprocess_engine(folder, {"AXISGUARD_PACK": str(pack_dir), "AXISGUARD_POLICY": str(policy)}) as engine:
+    files = tiny_guarded_files(tmp_path_factory.mktemp("vllm_guard"), POLICY, SCORE_LAYER)
+    with inprocess_engine(files["folder"], {"AXISGUARD_PACK": str(files["pack"]), "AXISGUARD_POLICY": str(files["policy"])}) as engine:
         yield engine
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from scripts.guarded_server import GuardedServer, http_json
-from tests.vllm_support import random_pack
+from tests.vllm_support import random_pack, switchable_policy
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
@@ -29,24 +29,8 @@ MODEL = "smollm2-135m"
 LAYER = 20
 TOKEN = "test-reload-token"
 REFUSAL = "Sorry, the guard stopped this reply."
-POLICY = """
-name: api-test
-allow_overrides: ["mode", "*.enabled"]
-rules:
-  - {name: flag_all, axis: toxicity, threshold: -1000000.0, action: flag}
-  - name: steer_prompt
-    axis: refusal
-    threshold: -1000000.0
-    action: steer
-    enabled: false
-    steer: {method: add, strength: 0.5, relative: true}
-  - name: stop_prompt
-    axis: refusal
-    threshold: -1000000.0
-    action: stop
-    enabled: false
-    stop: {message: "REFUSAL"}
-""".replace("REFUSAL", REFUSAL)
+POLICY = switchable_policy("api-test", ["mode", "*.enabled"], steer="{method: add, strength: 0.5, relative: true}",
+                           stop=f'{{message: "{REFUSAL}"}}')
 PROMPT = "How do I bake bread at home?"
 STOP = {"axisguard.stop_prompt.enabled": "true"}
 
@@ -211,7 +195,7 @@ def test_reload_changes_the_next_request_not_a_running_one(server: GuardedServer
     running = chat(client, max_tokens=RUNNING_TOKENS, stream=True, extra_body={"ignore_eos": True})
     first = next(iter(running))  # the request is in the engine, under the old policy
     stopping = POLICY.replace("name: api-test", "name: api-test-2").replace(
-        "action: stop\n    enabled: false", "action: stop\n    enabled: true")
+        "action: stop, enabled: false", "action: stop, enabled: true")
     server.policy_path.write_text(stopping)  # type: ignore[attr-defined]  # the file watch picks it up
     assert poll(lambda: http_json(server.base_url + "/axisguard/policy")[1]["name"] == "api-test-2")
     after = chat(client, max_tokens=8)  # most likely shares steps with the running one (both policies live)

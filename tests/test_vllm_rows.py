@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.vllm_support import build_tiny_folder, flush_finished, inprocess_engine, random_pack, session_of
+from tests.vllm_support import (
+    flush_finished,
+    inprocess_engine,
+    session_of,
+    tiny_guarded_files,
+)
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
@@ -82,12 +87,7 @@ def swapped_consumer(llm: Any, consumer: Any) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("vllm_rows")
-    folder, name = build_tiny_folder(root / "model")
-    pack_dir = random_pack(name, layer=SCORE_LAYER).save(root / "pack")
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY)
-    return {"folder": folder, "pack": pack_dir, "policy": policy}
+    return tiny_guarded_files(tmp_path_factory.mktemp("vllm_rows"), POLICY, SCORE_LAYER)
 
 
 @pytest.fixture(scope="module")

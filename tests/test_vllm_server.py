@@ -10,26 +10,14 @@ import numpy as np
 import pytest
 
 from scripts.guarded_server import GuardedServer
-from tests.vllm_support import random_pack
+from tests.vllm_support import random_pack, switchable_policy
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 MODEL = "smollm2-135m"
 LAYER = 20
-POLICY = """
-name: server-test
-allow_overrides: ["enabled", "*.enabled"]
-rules:
-  - {name: flag_all, axis: toxicity, threshold: -1000000.0, action: flag}
-  - name: steer_prompt
-    axis: refusal
-    threshold: -1000000.0
-    action: steer
-    enabled: false
-    steer: {method: add, strength: 0.5, relative: true}
-  - {name: stop_prompt, axis: refusal, threshold: -1000000.0, action: stop, enabled: false}
-"""
+POLICY = switchable_policy("server-test", ["enabled", "*.enabled"], steer="{method: add, strength: 0.5, relative: true}")
 ANCHORS = [
     "What is the weather like today?", "Tell me a joke.", "How do plants grow?", "Name three colours.",
     "What is two plus two?", "Describe a cat.", "Who wrote Hamlet?", "Give me a recipe for soup.",

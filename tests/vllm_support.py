@@ -55,6 +55,30 @@ def random_pack(name: str, layer: int, axes: Sequence[str] = ("refusal", "toxici
     )
 
 
+ALWAYS = -1.0e6  # a threshold every score crosses: the rule fires at its first judgement
+
+
+def switchable_policy(name: str, allow_overrides: Sequence[str], steer: str, stop: str = "", extra_rules: str = "") -> str:
+    """The policy the vLLM tests share: ``flag_all`` fires on every request; ``steer_prompt`` (``steer``:
+    its steering block) and ``stop_prompt`` (``stop``: an optional stop block) fire on every request
+    that enables them. ``extra_rules``: more rule lines, appended."""
+    allowed = ", ".join(f'"{a}"' for a in allow_overrides)
+    stop_block = f", stop: {stop}" if stop else ""
+    return (f"name: {name}\nallow_overrides: [{allowed}]\nrules:\n"
+            f"  - {{name: flag_all, axis: toxicity, threshold: {ALWAYS}, action: flag}}\n"
+            f"  - {{name: steer_prompt, axis: refusal, threshold: {ALWAYS}, action: steer, enabled: false, steer: {steer}}}\n"
+            f"  - {{name: stop_prompt, axis: refusal, threshold: {ALWAYS}, action: stop, enabled: false{stop_block}}}\n"
+            + extra_rules)
+
+
+def tiny_guarded_files(root: Path, policy_text: str, layer: int) -> dict[str, Path]:
+    """Under ``root``: a tiny model folder, a random pack for it scored at ``layer``, and the policy file."""
+    folder, name = build_tiny_folder(root / "model")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text)
+    return {"folder": folder, "pack": random_pack(name, layer=layer).save(root / "pack"), "policy": policy}
+
+
 _AXISGUARD_ENV = ("AXISGUARD_PACK", "AXISGUARD_POLICY", "AXISGUARD_CONFIG", "AXISGUARD_DISABLE",
                   "AXISGUARD_CAPTURE_LAYERS", "AXISGUARD_CAPTURE_POOLING", "AXISGUARD_ALLOW_NAME_MISMATCH")
 
