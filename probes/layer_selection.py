@@ -27,7 +27,7 @@ import numpy as np
 
 from guard.anchor_space import AnchorSpace, linear_cka
 from probes.activations import ModelActivations
-from probes.axis_layers import DEPTH_WINDOW, nearest_layer, relative_depth
+from probes.axis_layers import DEPTH_WINDOW, nearest_layer, per_axis_canonical, relative_depth
 from probes.layer_choice import choose_source_layers
 
 # ``depth_cka`` is the rule the product ships (``probes.axis_layers``, from the bundle's stored kernels);
@@ -86,12 +86,12 @@ def choose_axis_layers(sources: list[ModelActivations], target_anchors: dict[int
     for axis in axes:
         depth = (read_depths or {}).get(axis)
         if depth is not None:
-            fixed = {s.info.name: nearest_layer(s.layers, s.info.num_layers, depth) for s in sources}
+            # The agreement at the fixed layers directly, not a grid search over every layer combination.
+            canon = per_axis_canonical(sources, [axis], {axis: depth})
+            fixed = dict(zip(names, canon.source_layers[0], strict=True))
             target = nearest_layer(list(target_anchors), target_num_layers, depth)
-            kernels = [AnchorSpace().fit(s.anchors[fixed[s.info.name]]).gram() for s in sources]
-            agreement = choose_source_layers(sources, [axis]).table.get(",".join(str(fixed[n]) for n in names), float("nan"))
-            out[axis] = [AxisLayers(axis, fixed, target, float(agreement),
-                                    _cka_table({target: target_anchors[target]}, kernels)[target], "read_depth")]
+            out[axis] = [AxisLayers(axis, fixed, target, float(canon.agreement[0]),
+                                    _cka_table({target: target_anchors[target]}, list(canon.kernels[0]))[target], "read_depth")]
             continue
         choice = choose_source_layers(sources, [axis])
         ranked: list[str | None] = [*sorted(choice.table, key=lambda k: choice.table[k], reverse=True)] or [None]

@@ -43,10 +43,29 @@ def _edit_lines(text: str, thresholds: dict[str, RuleThreshold]) -> str:
     return "\n".join(out) + "\n"
 
 
+HEADER_OPENING = "Thresholds "  # every header written here starts so; a regeneration replaces the old one
+
+
+def _without_old_header(text: str) -> str:
+    """``text`` minus a leading header this module wrote before (comment lines up to a bare ``#``)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].startswith(f"# {HEADER_OPENING}"):
+        return text
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            return text  # no bare "#" closes the block: not ours, keep it all
+        if line.strip() == "#":
+            return "".join(lines[i + 1:])
+    return text
+
+
 def write_thresholds(base_text: str, base: Policy, thresholds: Sequence[RuleThreshold], header: Sequence[str]) -> str:
-    """The policy text with ``thresholds`` applied and ``header`` lines as a leading comment."""
+    """The policy text with ``thresholds`` applied and ``header`` lines as a leading comment (replacing
+    the header of an earlier run, so regenerating a generated policy does not stack headers)."""
+    if not header or not header[0].startswith(HEADER_OPENING) or header[-1] != "":
+        raise ValueError(f"a thresholds header starts with {HEADER_OPENING!r} and ends with an empty line")
     wanted = {t.rule: t for t in thresholds}
-    body = _edit_lines(base_text, wanted)
+    body = _edit_lines(_without_old_header(base_text), wanted)
     if not _holds(body, wanted):
         data = base.model_dump(mode="json", exclude_none=True)
         for rule in data["rules"]:

@@ -49,8 +49,9 @@ def cross_validated(pos: np.ndarray, neg: np.ndarray, folds: int = 5) -> tuple[f
 @click.option("--layer", type=int, default=None, help="read every model at this layer instead of the recorded ones")
 @click.option("--test", "with_test", is_flag=True, help="also score the test split (once, when the design is final)")
 @click.option("--show", default=8, show_default=True, help="weakest calibration prompts to list")
-def main(axis: str, models: str, layer: int | None, with_test: bool, show: int) -> None:
-    catalogue = load_catalogue(axes=[axis])
+@click.option("--data", default=None, help="a catalogue directory to check instead of the built-in one (a draft)")
+def main(axis: str, models: str, layer: int | None, with_test: bool, show: int, data: str | None) -> None:
+    catalogue = load_catalogue(data, axes=[axis])
     cal, test = catalogue.calibration[axis], catalogue.test[axis]
     recorded = json.loads(GATES.read_text())["native_layers"] if GATES.exists() else {}
     click.echo(f"{axis}: {len(cal)} calibration / {len(test)} test pairs")

@@ -55,11 +55,11 @@ ANALYSIS = """\
   layer rule reads Gemma at 11.
 - **The other two failures are near misses on the smallest and the refusing model.** Deception on
   SmolLM2-135M (0.88; Qwen 0.95): the model must relate a stated true situation to a request to
-  misrepresent it. Refusal on Qwen (0.87; SmolLM2 0.93): benign look-alikes that keep violent words
+  misrepresent it. Refusal on Qwen (0.87; SmolLM2 0.92): benign look-alikes that keep violent words
   ("smother pork chops", "kill the hung process") score above other benign prompts. Strict
   look-alikes are the point of the refusal axis (the paper's unmatched refusal axis scores ~0.55 on
   look-alike sets on these models); paired accuracy is 0.94-1.00.
-- **Lexical separability.** Jailbreak framing is lexical by nature (bag-of-words ~0.99). Power-seeking
+- **Lexical separability.** Jailbreak framing is lexical by nature (bag-of-words 0.94-0.99). Power-seeking
   positives ask for scope (every account, the whole budget, take over) and bag-of-words reaches
   ~0.96: read that axis as "asks for more scope than the task needs". Length is not a confound
   anywhere (every length-only AUROC within 0.35-0.65).

@@ -31,8 +31,9 @@ CARD_KEYS = {"name", "title", "detects", "does_not_detect", "pos_label", "neg_la
              "negative_means", "known_confounds", "pairs"}
 SPLITS = {"anchor": range(0, 100), "test": range(100, 150)}  # file suffix -> the pair_ids it must hold
 # Calibration splits grown beyond 100 pairs (issue #9: refusal got bare requests without a named victim,
-# varied register and framing); the added pairs take ids after the test split's, so no test id moves.
-CALIBRATION_SIZE = {"refusal": 310}
+# varied register and framing, then the look-alike kinds it confused; jailbreak got framings its first
+# round lacked); the added pairs take ids after the test split's, so no test id moves.
+CALIBRATION_SIZE = {"refusal": 469, "jailbreak": 180}
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 NEAR_DUPLICATE_JACCARD = 0.9
 # Word count alone must not tell the sides apart (issue #3 gate: length-only AUROC <= 0.65, both ways).

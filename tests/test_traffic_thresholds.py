@@ -95,6 +95,8 @@ def test_cli_writes_a_commented_policy_that_loads(tmp_path):
     text = out.read_text()
     assert "on 20 ordinary prompts" in text and "(n=20, in-sample" in text and "recall" in text
     assert "# Default axisguard policy" in text  # the base policy's own comments are kept
+    # the base's own generated header (`make default-thresholds`) is replaced, not stacked under the new one
+    assert text.startswith("# Thresholds set by") and "# Thresholds regenerated" not in text
     policy = load_policy(out)
     numbers = json.loads(report.read_text())["rules"]
     by_name = {r.name: r for r in policy.rules}
