@@ -118,32 +118,46 @@ def summary_section(folder: str | Path = "bench/results/external") -> list[str]:
     return lines
 
 
+RUN_ORDER = ("before", "after", "depth", "round3")  # the committed runs, oldest first; other tags follow
+
+
 def plot(out: Path) -> Path:
+    """Refusal harmful vs look-alike per run: one row per split, one column per run (oldest first)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted(out.glob("*_*.json"))
-    runs = [r for r in runs if r.stem.split("_")[-1] in SPLITS]
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * max(len(runs), 1), 4), squeeze=False)
+    runs = [r for r in out.glob("*_*.json") if r.stem.split("_")[-1] in SPLITS]
+    tags = sorted({r.stem.rsplit("_", 1)[0] for r in runs},
+                  key=lambda t: (RUN_ORDER.index(t) if t in RUN_ORDER else len(RUN_ORDER), t))
+    splits = [s for s in SPLITS if any(r.stem.endswith(f"_{s}") for r in runs)]
+    fig, axes = plt.subplots(max(len(splits), 1), max(len(tags), 1), figsize=(4.2 * max(len(tags), 1), 3.6 * max(len(splits), 1)),
+                             squeeze=False, sharey=True)
     keys = ("one_layer/native", "one_layer/reconstructed", "per_axis/reconstructed", "per_axis/acs_probe")
-    for ax, path in zip(axes[0], runs, strict=True):
-        res = json.loads(path.read_text())["results"]
-        models = list(res)
-        name = next(n for n in res[models[0]]["sets"] if n.startswith("refusal_vs_lookalike"))
-        width = 0.8 / len(keys)
-        for j, key in enumerate(keys):
-            vals = [res[m]["sets"][name]["scores"][key]["auroc"] for m in models]
-            ax.bar(np.arange(len(models)) + j * width, vals, width, label=key)
-        ax.axhline(0.85, color="k", ls="--", lw=1)
-        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, fontsize=8)
-        ax.set_ylim(0.4, 1.0)
-        ax.set_title(f"{path.stem}: harmful vs look-alike", fontsize=9)
-    axes[0][0].set_ylabel("AUROC (leave-one-family-out)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    width = 0.8 / len(keys)
+    for row, split in enumerate(splits):
+        for col, tag in enumerate(tags):
+            ax, path = axes[row][col], out / f"{tag}_{split}.json"
+            ax.set_title(f"{tag}, {split}: harmful vs look-alike", fontsize=9)
+            if not path.is_file():
+                ax.axis("off")
+                continue
+            res = json.loads(path.read_text())["results"]
+            models = list(res)
+            name = next(n for n in res[models[0]]["sets"] if n.startswith("refusal_vs_lookalike"))
+            for j, key in enumerate(keys):
+                vals = [res[m]["sets"][name]["scores"][key]["auroc"] for m in models]
+                ax.bar(np.arange(len(models)) + j * width, vals, width, label=key)
+            ax.axhline(0.85, color="k", ls="--", lw=1)
+            ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, fontsize=8)
+            ax.set_ylim(0.4, 1.0)
+        axes[row][0].set_ylabel("AUROC (leave-one-family-out)")
+    handles, labels = next((a.get_legend_handles_labels() for a in axes.flat if a.get_legend_handles_labels()[0]), ([], []))
+    fig.legend(handles, labels, loc="lower center", ncol=len(keys), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     png = out / "external_refusal_auroc.png"
-    fig.savefig(png, dpi=120)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
     return png
 
 

@@ -394,9 +394,10 @@ def test_export_of_a_subset_without_metadata(tmp_path: Path):
     assert load_catalogue(tmp_path / "out").calibration == catalogue.calibration
 
 
-def test_the_refusal_card_fixes_its_read_depth_and_a_bad_depth_is_refused_with_a_fix(tmp_path):
-    specs = {s.name: s for s in load_catalogue(axes=["refusal", "toxicity"]).axis_specs()}
-    assert specs["refusal"].read_depth == 0.25 and specs["toxicity"].read_depth is None
+def test_the_refusal_and_jailbreak_cards_fix_their_read_depths_and_a_bad_depth_is_refused_with_a_fix(tmp_path):
+    specs = {s.name: s for s in load_catalogue(axes=["refusal", "jailbreak", "toxicity"]).axis_specs()}
+    assert specs["refusal"].read_depth == 0.25 and specs["jailbreak"].read_depth == 0.5
+    assert specs["toxicity"].read_depth is None
     export_catalogue(load_catalogue(axes=["refusal"]), tmp_path)
     card = tmp_path / "cards" / "refusal.json"
     card.write_text(json.dumps({**json.loads(card.read_text()), "read_depth": 2}))
