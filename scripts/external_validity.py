@@ -33,7 +33,8 @@ HEADLINE = ("one_layer/native", "one_layer/reconstructed", "one_layer/acs_probe"
             "per_axis/native", "per_axis/reconstructed", "per_axis/acs_probe", "per_axis_top3/reconstructed")
 
 
-def _sets(split: str):
+def scored_sets(split: str):
+    """The split's external sets as scored here (the jailbreak set thinned to ``MAX_JAILBREAK_REQUESTS``)."""
     out = []
     for s in external_sets(split):
         if s.axis == "jailbreak" and len(s.positive) > MAX_JAILBREAK_REQUESTS:
@@ -43,7 +44,8 @@ def _sets(split: str):
     return out
 
 
-def _external_activations(model: str, sets, layers: list[int]) -> list[PromptSet]:
+def external_activations(model: str, sets, layers: list[int]) -> list[PromptSet]:
+    """``model``'s pooled activations of every set's prompts at ``layers`` (extracted once, cached)."""
     prompts = list(dict.fromkeys(p for s in sets for p in s.positive + s.negative))
     acts = extract_activations(load_model(model), prompts, layers, cache=ActivationCache())
     where = {p: i for i, p in enumerate(prompts)}
@@ -181,14 +183,14 @@ def main(split: str, data: str | None, tag: str, models: str, out: str, with_plo
     catalogue = load_catalogue(data)
     if internal_axes:
         catalogue.test = {a: catalogue.test[a] for a in internal_axes.split(",")}
-    sets = _sets(split)
+    sets = scored_sets(split)
     acts, external = [], {}
     for name in models.split(","):
         click.echo(f"[{time.time() - started:6.0f}s] {name}: catalogue activations", err=True)
         model_acts = collect_activations(name, catalogue)
         if not targets or name in targets.split(","):
             click.echo(f"[{time.time() - started:6.0f}s] {name}: external activations", err=True)
-            external[name] = _external_activations(name, sets, model_acts.layers)
+            external[name] = external_activations(name, sets, model_acts.layers)
         acts.append(model_acts)
     click.echo(f"[{time.time() - started:6.0f}s] scoring", err=True)
     results = evaluate_external(acts, external, catalogue.axis_specs(), catalogue.anchors_sha256)

@@ -10,15 +10,20 @@ draws), three directions are scored on the target's *test* pairs (AUROC, scored 
 * ``shots_only``: the diff-of-means of the N shots alone (no prior);
 * ``native_ceiling``: the diff-of-means of all the target's calibration pairs (uses every label).
 
-Writes ``OUT/curve.json``, ``OUT/curve.md`` and ``OUT/curve.png``.
+Writes ``OUT/curve.json``, ``OUT/curve.md`` and ``OUT/curve.png``. With ``--external dev|final`` the
+same directions are scored instead on the external sets (public harmful requests vs our look-alikes
+and everyday traffic; jailbreak-framed vs plain public requests; ``scripts.external_validity``):
+do the target's labels help on data nobody here wrote? -> ``OUT/external_{split}.{json,md,png}``.
 
     python -m scripts.few_shot_curve --out bench/results/few_shot
+    python -m scripts.few_shot_curve --external dev --out bench/results/few_shot
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -33,34 +38,55 @@ from probes.axis_layers import choose_axis_target_layers
 from probes.calibration import build_bundle
 from probes.catalogue import load_catalogue
 from probes.directions import native_direction
+from probes.external_data import SPLITS
+from probes.external_eval import PromptSet
 from probes.few_shot import refine_axis
 from probes.operating_points import auroc
+from scripts.external_validity import external_activations, scored_sets
 
 SHOTS = (0, 5, 10, 25, 50, 100)
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-0.5b"
+# (direction [d], layer, anchor mean [d]) -> AUROC of the set it scores; keyed by name with its axis
+Evaluate = Callable[[np.ndarray, int, np.ndarray], float]
 
 
-def _test_auroc(v: np.ndarray, target: ModelActivations, axis: str, layer: int, mean: np.ndarray) -> float:
-    pos = centred_cosines(target.test_pos[axis][layer], mean, v[None])[:, 0]
-    neg = centred_cosines(target.test_neg[axis][layer], mean, v[None])[:, 0]
-    return auroc(pos, neg)
+def _auroc_along(v: np.ndarray, pos: np.ndarray, neg: np.ndarray, mean: np.ndarray) -> float:
+    return auroc(centred_cosines(pos, mean, v[None])[:, 0], centred_cosines(neg, mean, v[None])[:, 0])
+
+
+def internal_evaluations(target: ModelActivations, names: list[str]) -> dict[str, tuple[str, Evaluate]]:
+    """Each axis on the target's own catalogue test split."""
+    def on_test(axis: str) -> Evaluate:
+        return lambda v, layer, mean: _auroc_along(v, target.test_pos[axis][layer], target.test_neg[axis][layer], mean)
+
+    return {axis: (axis, on_test(axis)) for axis in names if axis in target.test_pos}
+
+
+def external_evaluations(sets: list[PromptSet]) -> dict[str, tuple[str, Evaluate]]:
+    """Each external set (public positives), scored along its axis."""
+    def on_set(s: PromptSet) -> Evaluate:
+        return lambda v, layer, mean: _auroc_along(v, s.pos[layer], s.neg[layer], mean)
+
+    return {s.name: (s.axis, on_set(s)) for s in sets}
 
 
 def curve_for_target(target: ModelActivations, sources: list[ModelActivations], specs, sha: str, repeats: int,
-                     seed: int) -> dict:
+                     seed: int, evaluations: dict[str, tuple[str, Evaluate]] | None = None) -> dict:
+    """The learning curve of every evaluation (default: each axis on the target's test split)."""
     names = [s.name for s in specs]
     bundle = build_bundle(sources, specs, sha, per_axis_layers=True)
     picks = choose_axis_target_layers(bundle, target.anchors, target.info.num_layers)
     rng = np.random.default_rng(seed)
     out: dict = {"layers": {p.axis: p.layer for p in picks}, "axes": {}}
-    for k, (axis, pick) in enumerate(zip(names, picks, strict=True)):
-        layer = pick.layer
+    for name, (axis, evaluate) in (evaluations or internal_evaluations(target, names)).items():
+        k = names.index(axis)
+        layer = picks[k].layer
         anchors = target.anchors[layer]
         mean = anchors.mean(axis=0)
         prior = reconstruct(AnchorSpace().fit(anchors), bundle.acs_axes[k:k + 1], "ridge").vectors[0]
         pos, neg = target.pos[axis][layer], target.neg[axis][layer]
         n_pairs = min(len(pos), len(neg))
-        ceiling = _test_auroc(native_direction(pos, neg), target, axis, layer, mean)
+        ceiling = evaluate(native_direction(pos, neg), layer, mean)
         rows = {}
         for n in SHOTS:
             if n > n_pairs:
@@ -69,14 +95,14 @@ def curve_for_target(target: ModelActivations, sources: list[ModelActivations], 
             for _ in range(repeats if 0 < n < n_pairs else 1):
                 idx = rng.choice(n_pairs, size=n, replace=False)
                 r = refine_axis(prior, pos[idx], neg[idx], mean)
-                refined.append(_test_auroc(r.vector, target, axis, layer, mean))
+                refined.append(evaluate(r.vector, layer, mean))
                 weights.append(r.weight)
                 if n >= 1:
-                    shots_only.append(_test_auroc(native_direction(pos[idx], neg[idx]), target, axis, layer, mean))
+                    shots_only.append(evaluate(native_direction(pos[idx], neg[idx]), layer, mean))
             rows[str(n)] = {"refined": float(np.mean(refined)), "refined_sd": float(np.std(refined)),
                             "shots_only": float(np.mean(shots_only)) if shots_only else None,
                             "weight": float(np.mean(weights))}
-        out["axes"][axis] = {"layer": layer, "native_ceiling": ceiling, "curve": rows}
+        out["axes"][name] = {"axis": axis, "layer": layer, "native_ceiling": ceiling, "curve": rows}
     return out
 
 
@@ -142,12 +168,63 @@ def _markdown(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _external_markdown(results: dict, command: str, split: str) -> str:
+    lines = [f"# Few-shot refinement on the external {split.upper()} sets", "", f"Command: `{command}`", "",
+             "AUROC on data the project did not write (positives: public harmful requests; negatives: our look-alikes "
+             "or everyday traffic; jailbreak: the public requests in our jailbreak vs plain framings), leave-one-family-out. "
+             "The N shots are the target's own *catalogue* calibration pairs (our writing), so this asks whether "
+             "target labels of our kind help on external data. `refined` as in `curve.md`; ceiling = all the "
+             "target's calibration pairs.", "",
+             "| set | target | layer | " + " | ".join(f"N={n}" for n in SHOTS) + " | shots only N=25 | ceiling |",
+             "|---|---|---|" + "---|" * len(SHOTS) + "---|---|"]
+    sets = list(next(iter(results.values()))["axes"])
+    for name in sets:
+        for target, res in results.items():
+            entry = res["axes"][name]
+            cells = [f"{entry['curve'][str(n)]['refined']:.3f}" if str(n) in entry["curve"] else "-" for n in SHOTS]
+            shots = entry["curve"].get("25", {}).get("shots_only")
+            lines.append(f"| {name} | {target} | {entry['layer']} | " + " | ".join(cells)
+                         + f" | {'-' if shots is None else f'{shots:.3f}'} | {entry['native_ceiling']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _external_plot(results: dict, path: Path, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(next(iter(results.values()))["axes"])
+    fig, grid = plt.subplots(1, len(sets), figsize=(4.4 * len(sets), 3.4), squeeze=False, sharey=True)
+    for ax, name in zip(grid[0], sets, strict=True):
+        for target, res in results.items():
+            curve = res["axes"][name]["curve"]
+            ns = [n for n in map(str, SHOTS) if n in curve]
+            line = ax.plot([max(int(n), 1) for n in ns], [curve[n]["refined"] for n in ns], "o-", label=f"{target} refined")[0]
+            ax.axhline(res["axes"][name]["native_ceiling"], color=line.get_color(), ls=":", lw=1)
+        ax.axhline(0.85, color="k", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks([max(n, 1) for n in SHOTS], [str(n) for n in SHOTS])
+        ax.set_xlabel("labelled target catalogue pairs (N)")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0.4, 1.0)
+    grid[0][0].set_ylabel("AUROC (leave-one-family-out)")
+    grid[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Few-shot refinement on external {split.upper()} sets (dotted: all-labels ceiling; dashed: 0.85 goal)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @click.command()
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--repeats", default=5, show_default=True, help="Seeded draws of the N shots per point.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default="bench/results/few_shot", show_default=True, type=click.Path(file_okay=False))
-def main(models: str, repeats: int, seed: int, out: str) -> None:
+@click.option("--external", "split", type=click.Choice(SPLITS), default=None,
+              help="score on the external sets of this split instead of the catalogue's test split")
+def main(models: str, repeats: int, seed: int, out: str, split: str | None) -> None:
     started = time.time()
     catalogue = load_catalogue()
     specs = catalogue.axis_specs()
@@ -159,15 +236,25 @@ def main(models: str, repeats: int, seed: int, out: str) -> None:
     results = {}
     for i, target in enumerate(acts):
         click.echo(f"[{time.time() - started:6.0f}s] held-out target {target.info.name}", err=True)
+        evaluations = None
+        if split is not None:
+            evaluations = external_evaluations(external_activations(target.info.name, scored_sets(split), target.layers))
         results[target.info.name] = curve_for_target(target, acts[:i] + acts[i + 1:], specs, catalogue.anchors_sha256,
-                                                     repeats, seed)
+                                                     repeats, seed, evaluations)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = f"python -m scripts.few_shot_curve --models {models} --repeats {repeats} --seed {seed} --out {out}"
-    (out_dir / "curve.json").write_text(json.dumps({"command": command, "shots": SHOTS, "results": results}, indent=2) + "\n")
-    (out_dir / "curve.md").write_text(_markdown(results, command))
-    _plot(results, out_dir / "curve.png")
-    click.echo(_markdown(results, command))
+    stem = "curve" if split is None else f"external_{split}"
+    if split is not None:
+        command += f" --external {split}"
+    (out_dir / f"{stem}.json").write_text(json.dumps({"command": command, "shots": SHOTS, "results": results}, indent=2) + "\n")
+    text = _markdown(results, command) if split is None else _external_markdown(results, command, split)
+    (out_dir / f"{stem}.md").write_text(text)
+    if split is None:
+        _plot(results, out_dir / f"{stem}.png")
+    else:
+        _external_plot(results, out_dir / f"{stem}.png", split)
+    click.echo(text)
 
 
 if __name__ == "__main__":
