@@ -17,7 +17,7 @@ from axisguard_cli.options import batch_option, data_option, engine_option, temp
               help="One layer for every axis (default: chosen from anchors by CKA, per axis if the bundle has per-axis layers).")
 @click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False), default=None,
               help="Few-shot: labelled target pairs, axes/{axis}_anchor.jsonl (paper layout); the first --shots "
-                   "pairs per axis refine the anchors-only axis (shrinkage toward it, strength by CV on the shots). "
+                   "pairs per axis refine the anchors-only axis (shrinkage toward it, weight by CV on the shots, one-SE rule). "
                    "Use pairs like your traffic and check the pack on held-out data: CV only sees the shots' kind.")
 @click.option("--shots", type=click.IntRange(0), default=None, help="Pairs per axis to use from --pairs (default: all).")
 @engine_option

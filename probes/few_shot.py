@@ -8,8 +8,9 @@ only) is a biased but noise-free one. The refined axis shrinks one towards the o
 
 ``w`` is chosen without any test label, by cross-validation on the N shots themselves: each shot
 pair is held out in turn (k-fold for larger N), ``d`` is fitted on the others, and the held-out
-pairs are scored; the ``w`` with the best pooled held-out AUROC wins, ties going to the smaller
-``w`` (trust the prior until the shots prove better). N = 0 gives ``v_0``; with many shots ``w``
+pairs are scored. The smallest ``w`` whose pooled held-out AUROC is within one standard error of the
+best one wins (the "one-standard-error rule"; Hanley-McNeil error of an AUROC on N pairs): trust the
+prior until the shots beat it by more than their own noise, so a few shots cannot swing the axis. N = 0 gives ``v_0``; with many shots ``w``
 tends to 1, the native ceiling. Scores keep their meaning: offsets and scales are re-fitted on the
 target's own anchors (``guard.scoring``).
 """
@@ -25,7 +26,7 @@ from guard.anchor_space import unit_rows
 from guard.pack import AxisPack
 from guard.scoring import AnchorZScorer, centred_cosines
 from probes.directions import native_direction
-from probes.operating_points import auroc
+from probes.operating_points import auroc, auroc_standard_error
 
 WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 MAX_FOLDS = 10
@@ -67,8 +68,9 @@ def refine_axis(prior: np.ndarray, pos: np.ndarray, neg: np.ndarray, anchor_mean
         return Refinement(unit_rows(np.asarray(prior, np.float64)), 0.0, float("nan"), n)
     pos, neg = pos[:n], neg[:n]
     scores = {w: _cv_auroc(prior, pos, neg, anchor_mean, w) for w in WEIGHTS}
-    best = max(WEIGHTS, key=lambda w: (round(scores[w], 6), -w))
-    return Refinement(combine(prior, native_direction(pos, neg), best), float(best), scores[best], n)
+    top = max(scores.values())
+    chosen = min(w for w in WEIGHTS if scores[w] >= top - auroc_standard_error(top, n, n))
+    return Refinement(combine(prior, native_direction(pos, neg), chosen), float(chosen), scores[chosen], n)
 
 
 def refine_pack(pack: AxisPack, shots: dict[str, tuple[np.ndarray, np.ndarray]],

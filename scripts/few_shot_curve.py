@@ -145,7 +145,7 @@ def _markdown(results: dict, command: str) -> str:
     lines = ["# Few-shot refinement: learning curve", "", f"Command: `{command}`", "",
              "Mean test AUROC over the ten axes (built-in catalogue test split, leave-one-family-out; shots drawn "
              "from the target's calibration pairs; each axis at its label-free per-axis layer). `refined` = "
-             "shrinkage toward the anchors-only axis with the strength chosen by CV on the shots (N = 0 is the "
+             "shrinkage toward the anchors-only axis, the weight on the shots the smallest within one standard error of the best CV AUROC on the shots (N = 0 is the "
              "anchors-only axis); `w` = mean weight on the shots.", "",
              "| target | N | refined | shots only | w | native ceiling |", "|---|---|---|---|---|---|"]
     for target, res in results.items():

@@ -46,7 +46,7 @@ def test_a_good_prior_is_kept_with_few_shots_and_a_bad_one_is_overruled_by_many(
     rng, truth, pos, neg = world()
     test_pos, test_neg = pos[100:], neg[100:]
     good = refine_axis(truth, pos[:5], neg[:5], np.zeros(DIM))
-    assert good.weight <= 0.5
+    assert good.weight == 0.0  # five shots cannot beat a true prior by more than their own noise
     assert held_out_auroc(good.vector, test_pos, test_neg) > held_out_auroc(
         combine(truth, pos[:5].mean(0) - neg[:5].mean(0), 1.0), test_pos, test_neg)
     bad_prior = combine(truth, rng.normal(size=DIM), 0.97)  # mostly noise

@@ -9,6 +9,7 @@ from probes.operating_points import (
     _rank_auroc,
     auroc,
     auroc_interval,
+    auroc_standard_error,
     operating_points,
     threshold_at_fpr,
     tpr_at_fpr,
@@ -48,3 +49,15 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_separation():
     assert strong_1.tpr > weak_1.tpr
     low, high = auroc_interval(strong, neg, rounds=300)
     assert low <= auroc(strong, neg) <= high
+
+
+def test_the_analytic_auroc_standard_error_matches_resampling_and_shrinks_with_the_sample():
+    """Hanley-McNeil's error (the few-shot weight rule's noise level) against a direct resampling of
+    fresh samples of the same two distributions."""
+    rng = np.random.default_rng(3)
+    n = 60
+    draws = [auroc(rng.normal(1.0, 1.0, n), rng.normal(0.0, 1.0, n)) for _ in range(400)]
+    analytic = auroc_standard_error(float(np.mean(draws)), n, n)
+    assert analytic == pytest.approx(float(np.std(draws)), rel=0.25)
+    assert auroc_standard_error(0.8, 5, 5) > auroc_standard_error(0.8, 50, 50) > auroc_standard_error(0.8, 500, 500)
+    assert auroc_standard_error(1.0, 10, 10) == 0.0
