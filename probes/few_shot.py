@@ -10,9 +10,11 @@ only) is a biased but noise-free one. The refined axis shrinks one towards the o
 pair is held out in turn (k-fold for larger N), ``d`` is fitted on the others, and the held-out
 pairs are scored. The smallest ``w`` whose pooled held-out AUROC is within one standard error of the
 best one wins (the "one-standard-error rule"; Hanley-McNeil error of an AUROC on N pairs): trust the
-prior until the shots beat it by more than their own noise, so a few shots cannot swing the axis. N = 0 gives ``v_0``; with many shots ``w``
-tends to 1, the native ceiling. Scores keep their meaning: offsets and scales are re-fitted on the
-target's own anchors (``guard.scoring``).
+prior until the shots beat it by more than their own noise, so a few shots cannot swing the axis.
+Why not the best CV AUROC: CV only sees the shots' kind of data, and on public harmful requests the
+best-CV weights pulled the refusal axis down by up to 0.13 (``bench/results/README.md`` §6). N = 0
+gives ``v_0``; with many shots the error shrinks and ``w`` can approach 1, the native ceiling. Scores
+keep their meaning: offsets and scales are re-fitted on the target's own anchors (``guard.scoring``).
 """
 
 from __future__ import annotations
