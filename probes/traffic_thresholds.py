@@ -116,8 +116,13 @@ def policy_thresholds(rules: Sequence[ResolvedRule], axis_names: Sequence[str], 
             for r in rules if r.rule.enabled]
 
 
+def flags(rule: ResolvedRule, threshold: float, requests: Sequence[ScoredRequest], ema_alpha: float) -> np.ndarray:
+    """Per request, whether ``rule`` with this policy ``threshold`` (unsigned, as written) flags it."""
+    sign = 1.0 if rule.rule.direction == "above" else -1.0
+    return rule_statistics(rule.rule, rule.axis_index, requests, ema_alpha) > sign * threshold
+
+
 def held_out_rate(rule: ResolvedRule, threshold: RuleThreshold, requests: Sequence[ScoredRequest],
                   ema_alpha: float) -> float:
     """The fraction of ``requests`` (a sample the threshold was NOT set on) that the rule flags."""
-    sign = 1.0 if rule.rule.direction == "above" else -1.0
-    return flag_rate(rule_statistics(rule.rule, rule.axis_index, requests, ema_alpha), sign * threshold.threshold)
+    return float(np.mean(flags(rule, threshold.threshold, requests, ema_alpha))) if len(requests) else 0.0

@@ -42,7 +42,7 @@ from integrations.traffic_scoring import score_traffic
 from probes.catalogue import BENIGN_TRAFFIC, BUILTIN_DIR, load_catalogue
 from probes.policies import DEFAULT_POLICY_RESOURCE, default_policy, default_policy_text
 from probes.policy_writer import write_thresholds
-from probes.traffic_thresholds import held_out_rate, policy_thresholds, rule_statistic
+from probes.traffic_thresholds import flags, held_out_rate, policy_thresholds
 
 SOURCES = ("smollm2-135m", "gemma3-270m")
 TARGET = "qwen2.5-0.5b"
@@ -92,11 +92,8 @@ def demo_check(loaded, pack: AxisPack, target: str, new_tokens: int, results: Pa
              "| prompt | refusal z | jailbreak z | rules that fire |", "|---|---|---|---|"]
     names = pack.axis_names
     for (kind, _), request in zip(PROMPTS.items(), scored, strict=True):
-        fired = []
-        for r in resolved:
-            sign = 1.0 if r.rule.direction == "above" else -1.0
-            if rule_statistic(r.rule, r.axis_index, request, policy.ema_alpha) > sign * r.threshold:
-                fired.append(f"{r.rule.name} -> {r.rule.action}")
+        fired = [f"{r.rule.name} -> {r.rule.action}" for r in resolved
+                 if flags(r, r.threshold, [request], policy.ema_alpha)[0]]
         z = {a: request.prompt_z[names.index(a)] for a in ("refusal", "jailbreak") if a in names}
         lines.append(f"| {kind} | {z.get('refusal', float('nan')):+.2f} | {z.get('jailbreak', float('nan')):+.2f} | "
                      f"{', '.join(fired) or 'none'} |")

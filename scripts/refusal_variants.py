@@ -31,6 +31,7 @@ import numpy as np
 from guard.anchor_space import AnchorSpace, unit_rows
 from guard.canonical import canonical_axes
 from guard.reconstruction import reconstruct
+from guard.scoring import AnchorZScorer, centred_cosines
 from integrations.activation_cache import ActivationCache
 from integrations.activation_collection import collect_activations
 from integrations.hf_extraction import extract_activations
@@ -75,7 +76,7 @@ def _score_functions(anchors: np.ndarray) -> dict[str, Callable[[np.ndarray, np.
     mean, sd = anchors.mean(0), anchors.std(0) + 1e-6
     keep = np.argsort(sd)[:-8]
     return {
-        "cosine (shipped)": lambda x, v: (x - mean) @ v / np.linalg.norm(x - mean, axis=1),
+        "cosine (shipped)": lambda x, v: centred_cosines(x, mean, v[None])[:, 0],
         "dot": lambda x, v: (x - mean) @ v,
         "standardised_cosine": lambda x, v: (x - mean) @ v / np.linalg.norm((x - mean) / sd, axis=1),
         "cosine_without_top8_var": lambda x, v: (x - mean) @ v / np.linalg.norm((x - mean)[:, keep], axis=1),
@@ -96,11 +97,8 @@ def _reconstructed(target: ModelActivations, sources: list[ModelActivations],
 
 
 def _by_kind(prompts, layer: int, target: ModelActivations, vector: np.ndarray, split: str) -> None:
-    anchors = target.anchors[layer].astype(np.float64)
-    cos = _score_functions(anchors)["cosine (shipped)"]
-    base = cos(anchors, vector)
-    z = {side: (cos(getattr(prompts, side)[layer].astype(np.float64), vector) - base.mean()) / base.std()
-         for side in ("pos", "neg")}
+    scorer = AnchorZScorer(vector[None]).fit(target.anchors[layer].astype(np.float64))
+    z = {side: scorer.transform(getattr(prompts, side)[layer])[:, 0] for side in ("pos", "neg")}
     kind_of = {row["text"]: row["kind"] for row in lookalikes(split)}
     negatives = [kind_of.get(t, "?") for t in next(s for s in scored_sets(split) if s.name == prompts.name).negative]
     click.echo(f"{target.info.name:>13} L{layer:<3} harmful requests: mean z {z['pos'].mean():+.2f}")
