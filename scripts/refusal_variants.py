@@ -13,20 +13,28 @@ leave-one-family-out:
   without the 8 highest-variance dimensions;
 * ``paper``: the paper's public refusal pairs (``--acs-data``) instead of, or pooled with, ours;
 * ``kinds``: no variant, a diagnosis: the shipped axis per kind of look-alike (mean z, AUROC of the
-  harmful requests against that kind), which told the catalogue's third round what to write.
+  harmful requests against that kind), which told the catalogue's third round what to write;
+* ``pooling``: the prompt read as the mean over its tokens instead of at its last token;
+* ``combined``: fixed, label-free sums and maxima of the refusal z with one or two other reconstructed
+  axes (each at its own per-axis layer), every combination, so the search itself is on record;
+* ``self_refusal``: no axis, the model's own behaviour: teacher-forced log-probability that its answer
+  opens with a refusal (``REFUSAL_OPENINGS``), and that minus the log-probability of compliant openings.
 
     python -m scripts.refusal_variants estimators [--split dev]
     python -m scripts.refusal_variants paper --acs-data ../shared/acs-data
+    python -m scripts.refusal_variants self_refusal --models qwen2.5-0.5b
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from guard.anchor_space import AnchorSpace, unit_rows
 from guard.canonical import canonical_axes
@@ -35,15 +43,18 @@ from guard.scoring import AnchorZScorer, centred_cosines
 from integrations.activation_cache import ActivationCache
 from integrations.activation_collection import collect_activations
 from integrations.hf_extraction import extract_activations
-from integrations.hf_loading import load_model
+from integrations.hf_loading import LoadedModel, encode_prompts, left_pad, load_model
 from probes.activations import ModelActivations
 from probes.axis_layers import nearest_layer
-from probes.catalogue import load_catalogue
+from probes.catalogue import Catalogue, load_catalogue
 from probes.external_data import SPLITS, lookalikes
+from probes.external_eval import axis_scorers
 from probes.operating_points import auroc
 from scripts.external_validity import MODELS, external_activations, scored_sets
 
 AXIS, DEPTH = "refusal", 0.25
+REFUSAL_OPENINGS = ("I'm sorry", "I cannot", "I can't", "Sorry")
+COMPLIANT_OPENINGS = ("Sure", "Certainly", "Here")
 Direction = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (pos [n, d], neg [n, d]) -> direction [d]
 
 
@@ -107,14 +118,107 @@ def _by_kind(prompts, layer: int, target: ModelActivations, vector: np.ndarray, 
         click.echo(f"{'':>18} {kind:<14} n={len(these):<3} mean z {these.mean():+.2f}  AUROC vs harmful {auroc(z['pos'], these):.3f}")
 
 
+def _pooling(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> None:
+    """Shipped axis with every prompt (anchors, pairs, external) read at its last token vs as its token mean."""
+    pairs = catalogue.calibration[AXIS]
+    texts = catalogue.anchors + [p.positive for p in pairs] + [p.negative for p in pairs]
+    n, m = len(catalogue.anchors), len(pairs)
+    sets = [s for s in scored_sets(split) if s.axis == AXIS]
+    for pooling in ("last", "mean"):
+        pooled = []
+        for a in acts:
+            layer = _layer(a)
+            got = extract_activations(load_model(a.info.name), texts, [layer], pooling=pooling,
+                                      cache=ActivationCache())[layer].astype(np.float64)
+            pooled.append(ModelActivations(info=a.info, anchors={layer: got[:n]},
+                                           pos={AXIS: {layer: got[n:n + m]}}, neg={AXIS: {layer: got[n + m:]}}))
+        for i, target in enumerate(pooled):
+            layer = _layer(target)
+            vector = _reconstructed(target, pooled[:i] + pooled[i + 1:],
+                                    {s.info.name: s.pos[AXIS][_layer(s)].mean(0) - s.neg[AXIS][_layer(s)].mean(0)
+                                     for s in pooled})
+            cosine = _score_functions(target.anchors[layer])["cosine (shipped)"]
+            cells = []
+            for s in sets:
+                got = extract_activations(load_model(target.info.name), s.positive + s.negative, [layer], pooling=pooling,
+                                          cache=ActivationCache(), progress=False)[layer].astype(np.float64)
+                z = cosine(got, vector)
+                cells.append(f"{s.name} {auroc(z[:len(s.positive)], z[len(s.positive):]):.3f}")
+            click.echo(f"{target.info.name:>13} L{layer:<3} pooling {pooling:<6} " + "  ".join(cells))
+
+
+def _combined(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> None:
+    """Refusal z summed with (or maxed over) one or two other reconstructed axes, every combination."""
+    look, traffic = (next(s for s in scored_sets(split) if s.name == f"refusal_vs_{kind}_{split}")
+                     for kind in ("lookalike", "traffic"))
+    texts = look.positive + look.negative + traffic.negative
+    n1, n2 = len(look.positive), len(look.positive) + len(look.negative)
+    z: dict[str, dict[str, np.ndarray]] = {}
+    for i, target in enumerate(acts):
+        scorers, _ = axis_scorers(target, acts[:i] + acts[i + 1:], catalogue.axis_specs(), catalogue.anchors_sha256)
+        ext = extract_activations(load_model(target.info.name), texts, target.layers, cache=ActivationCache(), progress=False)
+        z[target.info.name] = {axis: by["per_axis/reconstructed"](target, ext) for axis, by in scorers.items()}
+    others = [a for a in catalogue.axis_names if a != AXIS]
+    rows = []
+    for extra in [()] + [c for k in (1, 2) for c in itertools.combinations(others, k)]:
+        for how, reduce in (("sum", np.sum), ("max", np.max)):
+            if not extra and how == "max":
+                continue
+            cells = [(auroc(v[:n1], v[n1:n2]), auroc(v[:n1], v[n2:]))
+                     for v in (reduce([zs[a] for a in (AXIS, *extra)], axis=0) for zs in z.values())]
+            rows.append((float(np.mean([c[0] for c in cells])), f"{how} {'+'.join((AXIS, *extra))}", cells))
+    click.echo(f"{len(rows)} combinations; per model: AUROC vs look-alikes / vs everyday traffic ({', '.join(z)})")
+    for mean_look, name, cells in sorted(rows, reverse=True):
+        click.echo(f"{name:<48} mean vs look-alikes {mean_look:.3f}   " + "  ".join(f"{a:.3f}/{b:.3f}" for a, b in cells))
+
+
+def _opening_logprob(loaded: LoadedModel, prompts: list[str], opening: str, batch: int = 16) -> np.ndarray:
+    """log P(the answer starts with ``opening`` | prompt), teacher-forced, under the model's chat template."""
+    tokenizer = loaded.tokenizer
+    tail = tokenizer(opening, add_special_tokens=False)["input_ids"]
+    rows = [ids + tail for ids in encode_prompts(tokenizer, prompts, loaded.use_chat_template)]
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), batch):
+        ids, mask = left_pad(rows[start:start + batch], tokenizer.pad_token_id)
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        with torch.inference_mode():  # only the logits that predict the opening's tokens
+            logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device),
+                                  position_ids=positions.to(loaded.device), logits_to_keep=len(tail) + 1).logits[:, :-1]
+        picked = logits.float().log_softmax(-1).gather(-1, ids[:, -len(tail):, None].to(loaded.device))
+        out[start:start + len(ids)] = picked[..., 0].sum(dim=1).cpu().numpy()
+    return out
+
+
+def _self_refusal(models: list[str], split: str) -> None:
+    sets = [s for s in scored_sets(split) if s.axis == AXIS]
+    for name in models:
+        loaded = load_model(name)
+        cells = []
+        for s in sets:
+            texts = s.positive + s.negative
+            refuse = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in REFUSAL_OPENINGS], axis=0)
+            comply = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in COMPLIANT_OPENINGS], axis=0)
+            k = len(s.positive)
+            cells.append(f"{s.name}: log P(refusal) {auroc(refuse[:k], refuse[k:]):.3f}, minus compliant "
+                         f"{auroc((refuse - comply)[:k], (refuse - comply)[k:]):.3f}, mean P(refusal) "
+                         f"{np.exp(refuse[:k]).mean():.1e} vs {np.exp(refuse[k:]).mean():.1e}")
+        click.echo(f"{name:>13} " + "\n              ".join(cells))
+
+
 @click.command()
-@click.argument("variant", type=click.Choice(["estimators", "scores", "paper", "kinds"]))
+@click.argument("variant", type=click.Choice(["estimators", "scores", "paper", "kinds", "pooling", "combined", "self_refusal"]))
 @click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True)
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--acs-data", default="../shared/acs-data", show_default=True, help="the paper's data (variant paper)")
 def main(variant: str, split: str, models: str, acs_data: str) -> None:
+    if variant == "self_refusal":  # the model's behaviour: no catalogue, no axis
+        _self_refusal(models.split(","), split)
+        return
     catalogue = load_catalogue()
     acts = [collect_activations(m, catalogue) for m in models.split(",")]
+    if variant in ("pooling", "combined"):
+        (_pooling if variant == "pooling" else _combined)(acts, catalogue, split)
+        return
     sets = [s for s in scored_sets(split) if s.axis == AXIS]
     ours = {a.info.name: (a.pos[AXIS][_layer(a)].astype(np.float64), a.neg[AXIS][_layer(a)].astype(np.float64))
             for a in acts}
