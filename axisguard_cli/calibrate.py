@@ -42,6 +42,7 @@ def command(sources, data_dir, axes, engine, chat_template, batch_size, per_axis
         acts.append(collect_activations(spec, catalogue, splits=("calibration",), use_chat_template=chat_template,
                                         engine=engine, batch_size=batch_size))
     bundle = build_bundle(acts, catalogue.axis_specs(), catalogue.anchors_sha256, per_axis_layers=per_axis_layers)
+    bundle.catalogue_sha256 = catalogue.calibration_sha256
     path = bundle.save(out)
     layers = ", ".join(f"{s.name}@{s.layer}" for s in bundle.sources)
     console.print(f"wrote canonical bundle [bold]{path}[/]: {len(bundle.axes)} axes x {bundle.anchor_count} anchors, layers {layers}")

@@ -32,6 +32,7 @@ def catalogue_summary(catalogue: Catalogue) -> dict[str, Any]:
     return {
         "root": str(catalogue.root),
         "anchors": {"count": len(catalogue.anchors), "sha256": catalogue.anchors_sha256},
+        "calibration_sha256": catalogue.calibration_sha256,
         "axes": axes,
     }
 

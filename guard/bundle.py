@@ -54,6 +54,9 @@ class CanonicalBundle:
     version: str = __version__
     axis_source_layers: list[list[int]] | None = None
     axis_anchor_kernels: np.ndarray | None = None
+    # The catalogue's calibration_sha256 ("" for bundles written before it was recorded): tells a bundle
+    # from one calibrated on other pairs that share the anchors.
+    catalogue_sha256: str = ""
 
     @property
     def axis_names(self) -> list[str]:
@@ -77,6 +80,8 @@ class CanonicalBundle:
         }
         if self.axis_source_layers is not None:
             meta["axis_source_layers"] = self.axis_source_layers
+        if self.catalogue_sha256:
+            meta["catalogue_sha256"] = self.catalogue_sha256
         return write_folder(path, KIND, meta, tensors)
 
     @classmethod
@@ -101,4 +106,5 @@ class CanonicalBundle:
                 version=meta["version"],
                 axis_source_layers=meta.get("axis_source_layers"),
                 axis_anchor_kernels=tensors.get("axis_anchor_kernels"),
+                catalogue_sha256=meta.get("catalogue_sha256", ""),
             )

@@ -63,6 +63,18 @@ class Catalogue:
     def anchors_sha256(self) -> str:
         return anchors_sha256(self.anchors)
 
+    @property
+    def calibration_sha256(self) -> str:
+        """Identity of everything a bundle is calibrated from: the anchors, every calibration pair and
+        the axis cards (read depths). Test pairs are left out: they never reach a bundle."""
+        digest = hashlib.sha256(self.anchors_sha256.encode())
+        for axis in sorted(self.calibration):
+            digest.update(json.dumps([axis, self.cards.get(axis, {})], sort_keys=True).encode())
+            for pair in self.calibration[axis]:
+                digest.update(json.dumps([pair.pair_id, pair.positive, pair.negative, pair.pos_label,
+                                          pair.neg_label]).encode())
+        return digest.hexdigest()
+
 
 def anchors_sha256(anchors: list[str]) -> str:
     """Identity of an anchor pool: order matters, since ACS coordinates are indexed by anchor."""

@@ -24,7 +24,6 @@ bundle's sources: fine for checking flag-rate calibration, not a transfer result
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -35,11 +34,12 @@ from pathlib import Path
 import click
 
 from axisguard_cli.generate import read_prompts
+from guard.bundle import CanonicalBundle
 from guard.pack import AxisPack
 from guard.policy import check_against_pack
 from integrations.hf_loading import load_model
 from integrations.traffic_scoring import score_traffic
-from probes.catalogue import BENIGN_TRAFFIC, BUILTIN_DIR, load_catalogue
+from probes.catalogue import BENIGN_TRAFFIC, load_catalogue
 from probes.policies import DEFAULT_POLICY_RESOURCE, default_policy, default_policy_text
 from probes.policy_writer import write_thresholds
 from probes.traffic_thresholds import flags, held_out_rate, policy_thresholds
@@ -54,28 +54,19 @@ def build_pack(out: Path, target: str) -> Path:
         subprocess.run([sys.executable, "-m", "axisguard_cli.main", *args], check=True)
 
     # The bundle and packs are reused between runs only while the catalogue they came from is unchanged.
-    digest = _catalogue_digest()
-    stamp = out / "catalogue.sha256"
-    if not stamp.is_file() or stamp.read_text().strip() != digest:
-        for stale in [out / "bundle", *out.glob("pack-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest + "\n")
+    bundle = out / "bundle"
+    stale = (bundle / "manifest.json").is_file() and (
+        CanonicalBundle.load(bundle).catalogue_sha256 != load_catalogue().calibration_sha256)
+    if stale:
+        for folder in [bundle, *out.glob("pack-*")]:
+            shutil.rmtree(folder, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     if not (out / "bundle" / "manifest.json").is_file():
         axisguard("calibrate", *[a for s in SOURCES for a in ("--source", s)], "--out", str(out / "bundle"))
     pack = out / f"pack-{target}"
     if not (pack / "manifest.json").is_file():
         axisguard("adapt", str(out / "bundle"), "--target", target, "--out", str(pack))
     return pack
-
-
-def _catalogue_digest() -> str:
-    """sha256 over what a bundle is calibrated from: the built-in anchors, pairs and axis cards."""
-    h = hashlib.sha256()
-    files = [BUILTIN_DIR / "anchors.jsonl", *(BUILTIN_DIR / "axes").glob("*"), *(BUILTIN_DIR / "cards").glob("*")]
-    for path in sorted(files):
-        h.update(path.relative_to(BUILTIN_DIR).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def demo_check(loaded, pack: AxisPack, target: str, new_tokens: int, results: Path) -> list[str]:

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,7 @@ def test_cli_lists_axes_as_json():
     summary = json.loads(result.stdout)
     catalogue = load_catalogue()
     assert summary["anchors"] == {"count": len(catalogue.anchors), "sha256": catalogue.anchors_sha256}
+    assert summary["calibration_sha256"] == catalogue.calibration_sha256
     listed = {axis["name"]: axis for axis in summary["axes"]}
     assert sorted(listed) == sorted(catalogue.axis_names)
     for name, axis in listed.items():
@@ -368,6 +370,21 @@ def test_export_round_trip(tmp_path: Path):
     assert read_rows(dest / "anchors.jsonl") == anchor_rows()
     for axis in original.calibration:
         assert (dest / "axes" / f"{axis}_anchor.jsonl").is_file()
+
+
+def test_calibration_digest_follows_what_a_bundle_is_built_from():
+    catalogue = load_catalogue()
+    digest = catalogue.calibration_sha256
+    assert load_catalogue().calibration_sha256 == digest and len(digest) == 64
+    pair = catalogue.calibration["refusal"][0]
+    edited = replace(pair, negative=pair.negative + " Thanks.")
+    changed_pair = replace(catalogue, calibration={**catalogue.calibration,
+                                                   "refusal": [edited, *catalogue.calibration["refusal"][1:]]})
+    changed_card = replace(catalogue, cards={**catalogue.cards, "refusal": {**catalogue.cards["refusal"], "read_depth": 0.5}})
+    fewer_tests = replace(catalogue, test={**catalogue.test, "refusal": catalogue.test["refusal"][1:]})
+    assert changed_pair.calibration_sha256 != digest
+    assert changed_card.calibration_sha256 != digest
+    assert fewer_tests.calibration_sha256 == digest  # test pairs never reach a bundle
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path: Path):

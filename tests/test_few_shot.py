@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from axisguard_cli.main import cli
+from guard.bundle import CanonicalBundle
 from guard.pack import AxisPack
 from guard.scoring import AnchorZScorer
 from integrations.tiny_models import build_tiny_model
+from probes.catalogue import load_catalogue
 from probes.few_shot import combine, refine_axis, refine_pack
 from probes.operating_points import auroc
 from tests.pack_factory import random_pack
@@ -88,6 +90,7 @@ def test_calibrate_then_adapt_with_pairs_and_shots(tmp_path, axisguard_home):
     result = runner.invoke(cli, ["calibrate", "--source", str(tmp_path / "m0"), "--source", str(tmp_path / "m1"),
                                  "--data", str(tmp_path / "data"), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
+    assert CanonicalBundle.load(tmp_path / "bundle").catalogue_sha256 == load_catalogue(tmp_path / "data").calibration_sha256
     result = runner.invoke(cli, ["adapt", str(tmp_path / "bundle"), "--target", str(tmp_path / "m2"), "--data",
                                  str(tmp_path / "data"), "--pairs", str(tmp_path / "shots"), "--shots", "6",
                                  "--out", str(tmp_path / "pack")])
