@@ -61,11 +61,11 @@ def build_pack(out: Path, target: str) -> Path:
         for folder in [bundle, *out.glob("pack-*")]:
             shutil.rmtree(folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "bundle" / "manifest.json").is_file():
-        axisguard("calibrate", *[a for s in SOURCES for a in ("--source", s)], "--out", str(out / "bundle"))
+    if not (bundle / "manifest.json").is_file():
+        axisguard("calibrate", *[a for s in SOURCES for a in ("--source", s)], "--out", str(bundle))
     pack = out / f"pack-{target}"
     if not (pack / "manifest.json").is_file():
-        axisguard("adapt", str(out / "bundle"), "--target", target, "--out", str(pack))
+        axisguard("adapt", str(bundle), "--target", target, "--out", str(pack))
     return pack
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from integrations.activation_cache import ActivationCache
 from integrations.activation_collection import collect_activations
-from integrations.hf_extraction import extract_activations
+from integrations.hf_extraction import Pooling, extract_activations
 from integrations.hf_loading import load_model
 from probes.catalogue import load_catalogue
 from probes.external_data import SPLITS, external_sets
@@ -44,10 +44,10 @@ def scored_sets(split: str):
     return out
 
 
-def external_activations(model: str, sets, layers: list[int]) -> list[PromptSet]:
+def external_activations(model: str, sets, layers: list[int], pooling: Pooling = "last") -> list[PromptSet]:
     """``model``'s pooled activations of every set's prompts at ``layers`` (extracted once, cached)."""
     prompts = list(dict.fromkeys(p for s in sets for p in s.positive + s.negative))
-    acts = extract_activations(load_model(model), prompts, layers, cache=ActivationCache())
+    acts = extract_activations(load_model(model), prompts, layers, pooling=pooling, cache=ActivationCache())
     where = {p: i for i, p in enumerate(prompts)}
 
     def take(texts):

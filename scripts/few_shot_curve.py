@@ -78,7 +78,12 @@ def curve_for_target(target: ModelActivations, sources: list[ModelActivations], 
     picks = choose_axis_target_layers(bundle, target.anchors, target.info.num_layers)
     rng = np.random.default_rng(seed)
     out: dict = {"layers": {p.axis: p.layer for p in picks}, "axes": {}}
+    # Evaluations of one axis (e.g. harmful vs look-alikes and vs traffic) share each draw of shots:
+    # one refinement per draw, and their curves compare draw for draw.
+    by_axis: dict[str, dict[str, Evaluate]] = {}
     for name, (axis, evaluate) in (evaluations or internal_evaluations(target, names)).items():
+        by_axis.setdefault(axis, {})[name] = evaluate
+    for axis, evaluates in by_axis.items():
         k = names.index(axis)
         layer = picks[k].layer
         anchors = target.anchors[layer]
@@ -86,23 +91,30 @@ def curve_for_target(target: ModelActivations, sources: list[ModelActivations], 
         prior = reconstruct(AnchorSpace().fit(anchors), bundle.acs_axes[k:k + 1], "ridge").vectors[0]
         pos, neg = target.pos[axis][layer], target.neg[axis][layer]
         n_pairs = min(len(pos), len(neg))
-        ceiling = evaluate(native_direction(pos, neg), layer, mean)
-        rows = {}
+        native = native_direction(pos, neg)
+        rows: dict[str, dict] = {name: {} for name in evaluates}
         for n in SHOTS:
             if n > n_pairs:
                 continue
-            refined, shots_only, weights = [], [], []
+            refined: dict[str, list[float]] = {name: [] for name in evaluates}
+            shots_only: dict[str, list[float]] = {name: [] for name in evaluates}
+            weights = []
             for _ in range(repeats if 0 < n < n_pairs else 1):
                 idx = rng.choice(n_pairs, size=n, replace=False)
                 r = refine_axis(prior, pos[idx], neg[idx], mean)
-                refined.append(evaluate(r.vector, layer, mean))
                 weights.append(r.weight)
-                if n >= 1:
-                    shots_only.append(evaluate(native_direction(pos[idx], neg[idx]), layer, mean))
-            rows[str(n)] = {"refined": float(np.mean(refined)), "refined_sd": float(np.std(refined)),
-                            "shots_only": float(np.mean(shots_only)) if shots_only else None,
-                            "weight": float(np.mean(weights))}
-        out["axes"][name] = {"axis": axis, "layer": layer, "native_ceiling": ceiling, "curve": rows}
+                shots = native_direction(pos[idx], neg[idx]) if n >= 1 else None
+                for name, evaluate in evaluates.items():
+                    refined[name].append(evaluate(r.vector, layer, mean))
+                    if shots is not None:
+                        shots_only[name].append(evaluate(shots, layer, mean))
+            for name in evaluates:
+                rows[name][str(n)] = {"refined": float(np.mean(refined[name])), "refined_sd": float(np.std(refined[name])),
+                                      "shots_only": float(np.mean(shots_only[name])) if shots_only[name] else None,
+                                      "weight": float(np.mean(weights))}
+        for name, evaluate in evaluates.items():
+            out["axes"][name] = {"axis": axis, "layer": layer, "native_ceiling": evaluate(native, layer, mean),
+                                 "curve": rows[name]}
     return out
 
 

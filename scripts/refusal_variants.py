@@ -138,12 +138,8 @@ def _pooling(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> 
                                     {s.info.name: s.pos[AXIS][_layer(s)].mean(0) - s.neg[AXIS][_layer(s)].mean(0)
                                      for s in pooled})
             cosine = _score_functions(target.anchors[layer])["cosine (shipped)"]
-            cells = []
-            for s in sets:
-                got = extract_activations(load_model(target.info.name), s.positive + s.negative, [layer], pooling=pooling,
-                                          cache=ActivationCache(), progress=False)[layer].astype(np.float64)
-                z = cosine(got, vector)
-                cells.append(f"{s.name} {auroc(z[:len(s.positive)], z[len(s.positive):]):.3f}")
+            cells = [f"{s.name} {auroc(cosine(s.pos[layer].astype(np.float64), vector), cosine(s.neg[layer].astype(np.float64), vector)):.3f}"
+                     for s in external_activations(target.info.name, sets, [layer], pooling)]
             click.echo(f"{target.info.name:>13} L{layer:<3} pooling {pooling:<6} " + "  ".join(cells))
 
 
@@ -191,14 +187,16 @@ def _opening_logprob(loaded: LoadedModel, prompts: list[str], opening: str, batc
 
 def _self_refusal(models: list[str], split: str) -> None:
     sets = [s for s in scored_sets(split) if s.axis == AXIS]
+    texts = list(dict.fromkeys(p for s in sets for p in s.positive + s.negative))  # the harmful side is shared
+    where = {t: i for i, t in enumerate(texts)}
     for name in models:
         loaded = load_model(name)
+        refuse_all = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in REFUSAL_OPENINGS], axis=0)
+        comply_all = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in COMPLIANT_OPENINGS], axis=0)
         cells = []
         for s in sets:
-            texts = s.positive + s.negative
-            refuse = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in REFUSAL_OPENINGS], axis=0)
-            comply = np.logaddexp.reduce([_opening_logprob(loaded, texts, o) for o in COMPLIANT_OPENINGS], axis=0)
-            k = len(s.positive)
+            idx = [where[t] for t in s.positive + s.negative]
+            refuse, comply, k = refuse_all[idx], comply_all[idx], len(s.positive)
             cells.append(f"{s.name}: log P(refusal) {auroc(refuse[:k], refuse[k:]):.3f}, minus compliant "
                          f"{auroc((refuse - comply)[:k], (refuse - comply)[k:]):.3f}, mean P(refusal) "
                          f"{np.exp(refuse[:k]).mean():.1e} vs {np.exp(refuse[k:]).mean():.1e}")
