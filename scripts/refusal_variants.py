@@ -17,6 +17,9 @@ leave-one-family-out:
 * ``pooling``: the prompt read as the mean over its tokens instead of at its last token;
 * ``combined``: fixed, label-free sums and maxima of the refusal z with one or two other reconstructed
   axes (each at its own per-axis layer), every combination, so the search itself is on record;
+* ``positions``: the prompt read at the last token of the user's text (before the chat template's
+  closing tokens, where harmfulness rather than refusal is said to be encoded) instead of the last
+  template token, each at 1/4 and 1/2 depth and as the mean of the two depths' z-scores;
 * ``self_refusal``: no axis, the model's own behaviour: teacher-forced log-probability that its answer
   opens with a refusal (``REFUSAL_OPENINGS``), and that minus the log-probability of compliant openings.
 
@@ -43,7 +46,7 @@ from guard.scoring import AnchorZScorer, centred_cosines
 from integrations.activation_cache import ActivationCache
 from integrations.activation_collection import collect_activations
 from integrations.hf_extraction import extract_activations
-from integrations.hf_loading import LoadedModel, encode_prompts, left_pad, load_model
+from integrations.hf_loading import LoadedModel, encode_prompts, format_prompt, left_pad, load_model
 from probes.activations import ModelActivations
 from probes.axis_layers import nearest_layer
 from probes.catalogue import Catalogue, load_catalogue
@@ -143,6 +146,52 @@ def _pooling(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> 
             click.echo(f"{target.info.name:>13} L{layer:<3} pooling {pooling:<6} " + "  ".join(cells))
 
 
+def _user_text_end(loaded: LoadedModel, texts: list[str]) -> list[str]:
+    """The exact strings the model reads, cut after the user's text: by causality the last token of
+    the cut string has the hidden state that token has inside the whole templated prompt."""
+    tokenizer, sentinel = loaded.tokenizer, "\x00"
+    whole = format_prompt(tokenizer, sentinel, loaded.use_chat_template)
+    suffix = whole[whole.index(sentinel) + 1:]
+    cut = [format_prompt(tokenizer, t, loaded.use_chat_template)[:-len(suffix) or None] for t in texts]
+    bos = tokenizer.bos_token
+    if bos and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]:
+        # a template that writes <bos> as text would get a second one from the untemplated extraction
+        cut = [c[len(bos):] if c.startswith(bos) else c for c in cut]
+    return cut
+
+
+def _positions(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> None:
+    """Shipped axis (last template token) vs the last token of the user's text, at 1/4 and 1/2 depth."""
+    pairs = catalogue.calibration[AXIS]
+    look, traffic = (next(s for s in scored_sets(split) if s.name == f"refusal_vs_{kind}_{split}")
+                     for kind in ("lookalike", "traffic"))
+    texts = (catalogue.anchors + [p.positive for p in pairs] + [p.negative for p in pairs]
+             + look.positive + look.negative + traffic.negative)
+    cuts = np.cumsum([len(catalogue.anchors), len(pairs), len(pairs), len(look.positive), len(look.negative)])
+    for user_text_end in (False, True):
+        parts = []  # per model: {depth: [anchors, pair positives, pair negatives, harmful, look-alikes, traffic]}
+        for a in acts:
+            loaded = load_model(a.info.name)
+            at = {d: nearest_layer(a.layers, a.info.num_layers, d) for d in (0.25, 0.5)}
+            got = extract_activations(loaded, _user_text_end(loaded, texts) if user_text_end else texts, list(at.values()),
+                                      use_chat_template=False if user_text_end else None, cache=ActivationCache(), progress=False)
+            parts.append({d: np.split(got[layer].astype(np.float64), cuts) for d, layer in at.items()})
+        for i, target in enumerate(acts):
+            cells, zs = [], []
+            for depth in (0.25, 0.5):
+                projected = [AnchorSpace().fit(p[depth][0]).project_direction(unit_rows((p[depth][1].mean(0) - p[depth][2].mean(0))[None]))
+                             for j, p in enumerate(parts) if j != i]
+                anchors = parts[i][depth][0]
+                vector = reconstruct(AnchorSpace().fit(anchors), canonical_axes(projected).axes, "ridge").vectors[0]
+                harmful, lookalike, everyday = (AnchorZScorer(vector[None]).fit(anchors).transform(x)[:, 0] for x in parts[i][depth][3:])
+                zs.append((harmful, lookalike, everyday))
+                cells.append(f"depth {depth} {auroc(harmful, lookalike):.3f}/{auroc(harmful, everyday):.3f}")
+            harmful, lookalike, everyday = (np.mean(z, axis=0) for z in zip(*zs, strict=True))
+            cells.append(f"mean of both {auroc(harmful, lookalike):.3f}/{auroc(harmful, everyday):.3f}")
+            where = "end of user text" if user_text_end else "last token"
+            click.echo(f"{target.info.name:>13} {where:<16} vs look-alikes/traffic: " + "   ".join(cells))
+
+
 def _combined(acts: list[ModelActivations], catalogue: Catalogue, split: str) -> None:
     """Refusal z summed with (or maxed over) one or two other reconstructed axes, every combination."""
     look, traffic = (next(s for s in scored_sets(split) if s.name == f"refusal_vs_{kind}_{split}")
@@ -204,7 +253,8 @@ def _self_refusal(models: list[str], split: str) -> None:
 
 
 @click.command()
-@click.argument("variant", type=click.Choice(["estimators", "scores", "paper", "kinds", "pooling", "combined", "self_refusal"]))
+@click.argument("variant", type=click.Choice(["estimators", "scores", "paper", "kinds", "pooling", "combined", "positions",
+                                                  "self_refusal"]))
 @click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True)
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--acs-data", default="../shared/acs-data", show_default=True, help="the paper's data (variant paper)")
@@ -214,8 +264,8 @@ def main(variant: str, split: str, models: str, acs_data: str) -> None:
         return
     catalogue = load_catalogue()
     acts = [collect_activations(m, catalogue) for m in models.split(",")]
-    if variant in ("pooling", "combined"):
-        (_pooling if variant == "pooling" else _combined)(acts, catalogue, split)
+    if variant in ("pooling", "combined", "positions"):
+        {"pooling": _pooling, "combined": _combined, "positions": _positions}[variant](acts, catalogue, split)
         return
     sets = [s for s in scored_sets(split) if s.axis == AXIS]
     ours = {a.info.name: (a.pos[AXIS][_layer(a)].astype(np.float64), a.neg[AXIS][_layer(a)].astype(np.float64))
