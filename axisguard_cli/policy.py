@@ -25,7 +25,8 @@ def check(policy_file: str, pack_dir: str | None, strict: bool, as_json: bool) -
     from rich.console import Console
     from rich.table import Table
 
-    from guard.policy import check_against_pack, load_policy
+    from guard.policy import load_policy
+    from guard.policy_check import check_against_pack
 
     policy = load_policy(policy_file)  # schema errors: AxisguardError -> exit 2 with field/value/allowed
     result: dict[str, Any] = {"policy": policy.name, "file": policy_file, "rules": len(policy.rules), "errors": [], "warnings": [],

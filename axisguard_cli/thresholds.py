@@ -36,7 +36,8 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     """Thresholds from traffic: each rule of the policy flags FPR of the prompts (offline by default)."""
     from axisguard_cli.generate import read_prompts
     from guard.pack import AxisPack
-    from guard.policy import check_against_pack, load_policy
+    from guard.policy import load_policy
+    from guard.policy_check import check_against_pack
     from integrations.hf_loading import load_model
     from integrations.traffic_scoring import score_traffic
     from probes.catalogue import BENIGN_TRAFFIC

@@ -13,146 +13,39 @@ prompt completes; ``generation`` = EMA of generated tokens' z (the first token i
 ``token`` = count of generated tokens over the threshold (optionally in a sliding window, kept as a
 small ring of bits per rule).
 
-The state is typed (``SlotState``, one tensor per field; ``Accumulators`` for metrics). Callers read it
-only through the events API: ``take_fired`` (rules that fired, once each), ``unreported_flag`` (a
-device flag, no sync), ``steer_strength``, ``take_totals`` (metric sums for a flush) and ``snapshot``
-(one request's state on the host, for its verdict). The row contract lives in ``guard.rows``.
+The state is typed (``guard.slot_state.SlotState``, one tensor per field); metric sums live in
+``metrics`` (``guard.step_metrics``). Callers read the state only through the events API:
+``take_fired`` (rules that fired, once each), ``unreported_flag`` (a device flag, no sync),
+``steer_strength``, ``metrics.take_totals`` (metric sums for a flush) and ``snapshot`` (one request's
+state on the host, for its verdict). The row contract lives in ``guard.rows``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import torch
 
+from guard.overrides import RequestOverrides
 from guard.pack import AxisPack
-from guard.policy import ACTIONS, Policy, RequestOverrides, ResolvedRule
-from guard.rows import RowMap, StepIndex
+from guard.policy import ACTIONS, Policy
+from guard.policy_check import ResolvedRule
+from guard.rows import RowMap, StepIndex, index_rows
 from guard.scoring import z_scores
-
-
-class ScoreKind(IntEnum):
-    """What a rule watches (see ``guard.policy``); stored per rule as a device tensor of these codes."""
-
-    PROMPT = 0
-    GENERATION = 1
-    TOKEN = 2
-
-
-KIND_CODES = {"prompt": ScoreKind.PROMPT, "generation": ScoreKind.GENERATION, "token": ScoreKind.TOKEN}
-ACTION_CODES = {name: i for i, name in enumerate(ACTIONS)}
-STEER = ACTION_CODES["steer"]
-FOREVER = 1 << 62
-
-
-class SlotState:
-    """Every per-request tensor, one row per slot plus the trash slot (shapes in ``Monitor._spec``).
-
-    K axes, n rules: scores ``prompt_z``/``last_z``/``ema``/``max_z`` [K]; counters ``prompt_tokens``,
-    ``gen_count``, ``over_axis`` [K], ``rule_over`` [n]; rule outcomes ``fired``/``reported``/
-    ``fired_value``/``fired_token`` [n]; steering ``steer_on``/``steer_left`` [n]; the request's rule
-    settings after overrides ``threshold``/``min_tokens``/``enabled``/``action``/``strength`` [n];
-    optional ``hist`` [n, window] (token-rule window bits) and ``traj`` [trajectory_tokens, K].
-    """
-
-    prompt_z: torch.Tensor
-    prompt_tokens: torch.Tensor
-    gen_count: torch.Tensor
-    last_z: torch.Tensor
-    ema: torch.Tensor
-    max_z: torch.Tensor
-    over_axis: torch.Tensor
-    rule_over: torch.Tensor
-    fired: torch.Tensor
-    reported: torch.Tensor
-    fired_value: torch.Tensor
-    fired_token: torch.Tensor
-    steer_on: torch.Tensor
-    steer_left: torch.Tensor
-    threshold: torch.Tensor
-    min_tokens: torch.Tensor
-    enabled: torch.Tensor
-    action: torch.Tensor
-    strength: torch.Tensor
-    shadow: torch.Tensor
-    hist: torch.Tensor
-    traj: torch.Tensor
-
-    def items(self) -> list[tuple[str, torch.Tensor]]:
-        return list(vars(self).items())
-
-    def move_to(self, device: torch.device) -> None:
-        for name, tensor in self.items():
-            setattr(self, name, tensor.to(device))
-
-
-@dataclass
-class SlotSnapshot:
-    """One slot's ``SlotState`` on the host, as Python lists/numbers (``hist``/``traj`` when kept)."""
-
-    prompt_z: list[float]
-    prompt_tokens: int
-    gen_count: int
-    last_z: list[float]
-    ema: list[float]
-    max_z: list[float]
-    over_axis: list[int]
-    rule_over: list[int]
-    fired: list[bool]
-    reported: list[bool]
-    fired_value: list[float]
-    fired_token: list[int]
-    steer_on: list[bool]
-    steer_left: list[int]
-    threshold: list[float]
-    min_tokens: list[int]
-    enabled: list[bool]
-    action: list[int]
-    strength: list[float]
-    shadow: bool = False
-    hist: list[list[bool]] | None = None
-    traj: list[list[float]] | None = None
-
-
-@dataclass
-class Accumulators:
-    """Device-side metric sums since the last flush: z histogram ``buckets`` [K, B], ``sum`` [K],
-    ``sq`` (sum of squares, all axes), ``tokens`` [prompt, generation], ``steered`` [n]."""
-
-    buckets: torch.Tensor
-    sum: torch.Tensor
-    sq: torch.Tensor
-    tokens: torch.Tensor
-    steered: torch.Tensor
-
-    def move_to(self, device: torch.device) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name).to(device))
-
-
-@dataclass
-class MetricTotals:
-    """``Accumulators`` read back to the host for one Prometheus flush."""
-
-    buckets: list[list[float]]
-    sums: list[float]
-    squares: float
-    prompt_tokens: int
-    generated_tokens: int
-    steered: list[int]
-
-
-@dataclass(frozen=True)
-class FiredEvent:
-    """A rule that fired for the request in ``slot`` (reported to the host once)."""
-
-    slot: int
-    rule_index: int
-    action: str
+from guard.slot_state import (
+    ACTION_CODES,
+    FOREVER,
+    KIND_CODES,
+    STEER,
+    FiredEvent,
+    ScoreKind,
+    SlotSnapshot,
+    SlotState,
+    slot_spec,
+)
+from guard.step_metrics import StepMetrics
 
 
 class Monitor:
@@ -202,8 +95,7 @@ class Monitor:
             if mine:
                 axis_thr[i] = min(mine)
         self.axis_threshold = torch.tensor(axis_thr, dtype=f32)
-        self.z_bounds = torch.tensor([], dtype=f32)  # finite histogram bounds, set by set_buckets
-        self.collect_metrics = False  # accumulate histogram/drift/token counts (only when metrics exist)
+        self.metrics = StepMetrics(k, n)  # device-side Prometheus sums, on once set_buckets is called
         self.defaults = {
             "threshold": torch.tensor([r.threshold for r in self.rules], dtype=f32),
             "min_tokens": torch.tensor([r.rule.min_tokens for r in self.rules], dtype=torch.long),
@@ -211,41 +103,12 @@ class Monitor:
             "action": torch.tensor([ACTION_CODES[r.rule.action] for r in self.rules], dtype=torch.long),
             "strength": torch.tensor([r.rule.steer.strength if r.rule.steer else 0.0 for r in self.rules], dtype=f32),
         }
-        nan, inf = float("nan"), float("-inf")
-        # name -> (per-slot shape, dtype, fill value or a per-rule default key)
-        self._spec: dict[str, tuple[tuple[int, ...], torch.dtype, Any]] = {
-            "prompt_z": ((k,), f32, nan),
-            "prompt_tokens": ((), torch.long, 0),
-            "gen_count": ((), torch.long, 0),
-            "last_z": ((k,), f32, nan),
-            "ema": ((k,), f32, nan),
-            "max_z": ((k,), f32, inf),
-            "over_axis": ((k,), torch.long, 0),
-            "rule_over": ((n,), torch.long, 0),
-            "fired": ((n,), torch.bool, False),
-            "reported": ((n,), torch.bool, False),
-            "fired_value": ((n,), f32, nan),
-            "fired_token": ((n,), torch.long, -1),
-            "steer_on": ((n,), torch.bool, False),
-            "steer_left": ((n,), torch.long, 0),
-            "threshold": ((n,), f32, "threshold"),
-            "min_tokens": ((n,), torch.long, "min_tokens"),
-            "enabled": ((n,), torch.bool, "enabled"),
-            "action": ((n,), torch.long, "action"),
-            "strength": ((n,), f32, "strength"),
-            # shadow mode: rules are judged and recorded, steering never switches on (stop: see Guard)
-            "shadow": ((), torch.bool, False),
-        }
-        if self.window:
-            self._spec["hist"] = ((n, self.window), torch.bool, False)
-        if self.trajectory_tokens:
-            self._spec["traj"] = ((self.trajectory_tokens, k), f32, nan)
+        self._spec = slot_spec(k, n, self.window, self.trajectory_tokens)
         self.capacity = 0
         self.state = SlotState()
         self.free: list[int] = []
         self.version = 0  # bumped whenever slots change meaning (alloc, free, growth)
         self._grow(max(1, capacity))
-        self.reset_accumulators()
 
     # --- slots ------------------------------------------------------------------------------------
 
@@ -302,58 +165,18 @@ class Monitor:
         self.device = device
         self.axes_at = {layer: ix.to(device) for layer, ix in self.axes_at.items()}
         for name in ("vectors", "anchor_mean", "axis_anchor_mean", "offset", "scale", "rule_axis", "rule_kind", "rule_sign",
-                     "rule_window", "rule_duration", "axis_threshold", "z_bounds"):
+                     "rule_window", "rule_duration", "axis_threshold"):
             setattr(self, name, getattr(self, name).to(device))
         self._layer_scorers = self._scorers_by_layer()
         self.defaults = {k: v.to(device) for k, v in self.defaults.items()}
         self.state.move_to(device)
-        self.acc.move_to(device)
+        self.metrics.to(device)
 
     # --- per-step indices --------------------------------------------------------------------------
 
     def index_rows(self, rows: RowMap, slots: Sequence[int], num_rows: int) -> StepIndex:
-        """Derive the step's row/request indices (device ops only)."""
-        dev = self.device
-        n_req = len(rows.request_ids)
-        row_request = rows.row_request.to(dev, non_blocking=True).long()
-        is_prompt = rows.is_prompt.to(dev, non_blocking=True).bool()
-        if row_request.shape[0] < num_rows:  # engine padding rows past the scheduled tokens
-            pad = num_rows - row_request.shape[0]
-            row_request = torch.cat([row_request, row_request.new_full((pad,), -1)])
-            is_prompt = torch.cat([is_prompt, is_prompt.new_zeros(pad)])
-        elif row_request.shape[0] > num_rows:
-            raise ValueError(f"RowMap has {row_request.shape[0]} rows but the hidden states have {num_rows}")
-        valid = row_request >= 0
-        row_index = torch.where(valid, row_request, n_req)
-        req_slot = torch.tensor(list(slots), dtype=torch.long).to(dev, non_blocking=True)
-        slot_ext = torch.cat([req_slot, req_slot.new_full((1,), self.trash)])
-        row_slot = slot_ext[row_index]
-        prompt_rows = valid & is_prompt
-        gen = valid & ~is_prompt
-        arange = torch.arange(num_rows, device=dev)
-        minus_one = torch.full((n_req + 1,), -1, dtype=torch.long, device=dev)
-        last_prompt = minus_one.scatter_reduce(0, row_index, torch.where(prompt_rows, arange, -1), "amax")
-        last_gen = minus_one.scatter_reduce(0, row_index, torch.where(gen, arange, -1), "amax")
-        zeros = torch.zeros(n_req + 1, dtype=torch.long, device=dev)
-        n_gen = zeros.index_add(0, row_index, gen.long())
-        n_prompt = zeros.index_add(0, row_index, prompt_rows.long())[:n_req]
-        gen_before = torch.cumsum(gen.long(), 0) - gen.long()  # generated rows before each row
-        first = torch.full((n_req + 1,), num_rows, dtype=torch.long, device=dev)
-        first = first.scatter_reduce(0, row_index, torch.where(gen, gen_before, num_rows), "amin")
-        rank = gen_before - first[row_index]
-        if rows.prompt_complete is not None:
-            complete = rows.prompt_complete.to(dev, non_blocking=True).bool()[:n_req]
-            prompt_done_now = complete & (n_prompt > 0)
-        else:
-            prompt_done_now = n_prompt > 0
-        done_ext = torch.cat([prompt_done_now, prompt_done_now.new_zeros(1)])
-        steerable = gen | (prompt_rows & (arange == last_prompt[row_index]) & done_ext[row_index])
-        return StepIndex(
-            num_requests=n_req, num_rows=num_rows, req_slot=req_slot, row_index=row_index, row_slot=row_slot,
-            valid=valid, prompt_rows=prompt_rows, gen=gen, rank=rank, n_gen=n_gen, n_prompt=n_prompt,
-            last_prompt_row=last_prompt[:n_req], last_gen_row=last_gen[:n_req],
-            prompt_done_now=prompt_done_now, steerable=steerable,
-        )
+        """The step's row/request indices on the monitor's device (``guard.rows.index_rows``)."""
+        return index_rows(rows, slots, num_rows, self.trash, self.device)
 
     # --- scoring and state update -------------------------------------------------------------------
 
@@ -427,8 +250,8 @@ class Monitor:
             fired_now, row_steer = self._judge(z, ix, updates, g_old_ext)
         for name, value in updates.items():
             getattr(st, name).index_copy_(0, slots, value)
-        if self.collect_metrics:
-            self._accumulate(z, ix)
+        if self.metrics.enabled:
+            self.metrics.accumulate(z, ix)
         return fired_now, row_steer
 
     def _judge(self, z, ix: StepIndex, upd: dict[str, torch.Tensor], g_old_ext: torch.Tensor):
@@ -490,41 +313,6 @@ class Monitor:
         """[T, n] rows to steer at layers *below* the score layer (state as of the previous step)."""
         return self.state.steer_on[ix.row_slot] & ix.steerable.unsqueeze(1)
 
-    # --- metric accumulators (flushed to Prometheus in bulk) ----------------------------------------
-
-    def set_buckets(self, bounds: Sequence[float]) -> None:
-        """Turn metric accumulation on, with these histogram bucket bounds."""
-        self.z_bounds = torch.tensor([b for b in bounds if np.isfinite(b)], dtype=torch.float32, device=self.device)
-        self.collect_metrics = True
-        self.reset_accumulators()
-
-    def reset_accumulators(self) -> None:
-        k, n, dev = self.num_axes, self.num_rules, self.device
-        buckets = self.z_bounds.numel() + 1
-        self.acc = Accumulators(
-            buckets=torch.zeros(k, buckets, device=dev),
-            sum=torch.zeros(k, device=dev),
-            sq=torch.zeros((), device=dev),
-            tokens=torch.zeros(2, dtype=torch.long, device=dev),  # prompt, generation
-            steered=torch.zeros(n, dtype=torch.long, device=dev),
-        )
-
-    def _accumulate(self, z: torch.Tensor, ix: StepIndex) -> None:
-        acc = self.acc
-        valid = ix.valid.unsqueeze(1).to(z.dtype)
-        clean = torch.nan_to_num(z, nan=0.0, posinf=1e6, neginf=-1e6) * valid
-        k, buckets = acc.buckets.shape
-        bucket = torch.bucketize(clean, self.z_bounds)
-        flat = (bucket + torch.arange(k, device=z.device) * buckets).reshape(-1)
-        acc.buckets.view(-1).index_add_(0, flat, valid.expand_as(z).reshape(-1))
-        acc.sum += clean.sum(0)
-        acc.sq += clean.pow(2).sum()
-        acc.tokens += torch.stack([ix.prompt_rows.sum(), ix.gen.sum()])
-
-    def count_steered(self, rule_index: int, mask: torch.Tensor) -> None:
-        if self.collect_metrics:
-            self.acc.steered[rule_index] += mask.sum()
-
     # --- reading state back (host) -------------------------------------------------------------------
 
     def snapshot(self, slot: int) -> SlotSnapshot:
@@ -554,12 +342,3 @@ class Monitor:
     def steer_strength(self, ix: StepIndex) -> torch.Tensor:
         """[T, n] each row's per-rule steering strength (the request's overrides applied)."""
         return self.state.strength[ix.row_slot]
-
-    def take_totals(self) -> MetricTotals:
-        """The metric accumulators on the host (one device sync), then reset."""
-        acc = self.acc
-        totals = MetricTotals(buckets=acc.buckets.tolist(), sums=acc.sum.tolist(), squares=float(acc.sq),
-                              prompt_tokens=int(acc.tokens[0]), generated_tokens=int(acc.tokens[1]),
-                              steered=acc.steered.tolist())
-        self.reset_accumulators()
-        return totals

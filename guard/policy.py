@@ -20,17 +20,16 @@ to start (``unknown_axes: error``). ``axisguard policy check`` reports them eith
 
 Per-request overrides (``Guard.start_request``) may change only what ``allow_overrides`` lists:
 ``enabled`` (the whole guard), ``<rule>.<field>`` or ``*.<field>`` for a field in
-``OVERRIDABLE_FIELDS``.
+``OVERRIDABLE_FIELDS``; ``guard.overrides`` validates them. ``guard.policy_check`` binds a policy to a
+pack; ``guard.policy_errors`` turns validation errors into lines that say what is allowed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,12 +37,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guard.errors import AxisguardError
+from guard.policy_errors import describe_errors
 from guard.text_files import read_user_text
-
-if typing.TYPE_CHECKING:
-    from guard.pack import AxisPack
-
-log = logging.getLogger(__name__)
 
 Action = Literal["observe", "flag", "steer", "stop"]
 ScoreKind = Literal["prompt", "generation", "token"]
@@ -59,7 +54,8 @@ Mode = Literal["enforce", "shadow"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
-def _threshold_value(value: Any) -> float | str:
+def parse_threshold(value: Any) -> float | str:
+    """A threshold as written in a policy or an override: a number in z units, or ``"auto"``."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a threshold; allowed: a number in z units or 'auto'")
     if isinstance(value, int | float):
@@ -141,7 +137,7 @@ class Rule(BaseModel):
     @field_validator("threshold", mode="before")
     @classmethod
     def _check_threshold(cls, value: Any) -> float | str:
-        return _threshold_value(value)
+        return parse_threshold(value)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
@@ -227,7 +223,7 @@ class Policy(BaseModel):
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             raise AxisguardError(
-                f"{source}: invalid policy\n" + "\n".join(f"  - {line}" for line in describe_errors(exc)),
+                f"{source}: invalid policy\n" + "\n".join(f"  - {line}" for line in describe_errors(exc, cls)),
                 "fix the fields named above; `axisguard policy check FILE --pack PACK` re-checks it",
             ) from None
 
@@ -276,260 +272,3 @@ def policy_from_text(text: str, source: str) -> Policy:
     except yaml.YAMLError as exc:
         raise AxisguardError(f"{source}: not valid YAML: {exc}", "fix the syntax at the position shown") from None
     return Policy.from_mapping(data, source=source)
-
-
-# --- validation messages ---------------------------------------------------------------------------
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last element of an error location."""
-    model: type[BaseModel] | None = Policy
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        info = model.model_fields.get(part)
-        models = _models_in(info.annotation) if info else []
-        model = models[0] if models else None
-    return model
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(policy)"
-
-
-def describe_errors(exc: ValidationError) -> list[str]:
-    """One line per error: field path, the bad value and what is allowed."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        where = _format_loc(loc)
-        kind = err["type"]
-        value = err.get("input")
-        if kind == "extra_forbidden":
-            model = _model_at(loc)
-            allowed = ", ".join(model.model_fields) if model else "?"
-            lines.append(f"{where}: unknown field (value {value!r}); allowed fields: {allowed}")
-        elif kind == "missing":
-            lines.append(f"{where}: required field is missing")
-        elif kind == "literal_error":
-            lines.append(f"{where}: {value!r} is not allowed; allowed values: {err['ctx']['expected']}")
-        elif kind == "value_error":
-            lines.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
-        else:
-            lines.append(f"{where}: {err['msg']} (got {value!r})")
-    return lines
-
-
-# --- per-request overrides -------------------------------------------------------------------------
-
-
-@dataclass
-class RequestOverrides:
-    """Validated overrides for one request: ``rules[rule_name][field] = value``."""
-
-    enabled: bool = True
-    mode: Mode | None = None  # None: the policy's mode
-    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def _coerce_override(fld: str, value: Any, rule: Rule | None) -> Any:
-    """Convert a (possibly string, from HTTP) override value, or raise ValueError naming what is allowed."""
-    if fld == "enabled":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError("allowed: true or false")
-    if fld == "threshold":
-        return _threshold_value(value)
-    if fld == "action":
-        if value not in ACTIONS:
-            raise ValueError(f"allowed: {', '.join(ACTIONS)}")
-        if value == "steer" and (rule is None or rule.steer is None):
-            raise ValueError("this rule has no 'steer' block, so it cannot steer; allowed: observe, flag, stop")
-        return value
-    if fld == "strength":
-        try:
-            strength = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("allowed: a number") from None
-        if rule is not None and rule.steer is not None and rule.steer.method != "add" and not 0 <= strength <= 1:
-            raise ValueError(f"allowed for {rule.steer.method}: a number in 0..1")
-        return strength
-    if fld == "min_tokens":
-        try:
-            count = int(value)
-        except (TypeError, ValueError):
-            raise ValueError("allowed: an integer >= 1") from None
-        if count < 1 or count != float(value) or (rule and rule.window and count > rule.window):
-            raise ValueError(f"allowed: an integer from 1 to {rule.window if rule and rule.window else 'any'}")
-        return count
-    if fld == "mode":
-        if value not in MODES:
-            raise ValueError(f"allowed: {', '.join(MODES)}")
-        return value
-    raise ValueError(f"allowed fields: {', '.join(OVERRIDABLE_FIELDS)}")
-
-
-def _flatten(overrides: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in overrides.items():
-        if isinstance(value, Mapping):
-            items.extend((f"{key}.{sub}", v) for sub, v in value.items())
-        else:
-            items.append((str(key), value))
-    return items
-
-
-def resolve_overrides(policy: Policy, overrides: Mapping[str, Any] | None) -> RequestOverrides:
-    """Validate a request's overrides against the policy's allow-list.
-
-    Keys are ``enabled`` or ``<rule>.<field>`` (also accepted nested: ``{rule: {field: value}}``).
-    Raises ``AxisguardError`` naming the key, the bad value and the allowed keys/values.
-    """
-    result = RequestOverrides()
-    if not overrides:
-        return result
-    allowed = set(policy.allow_overrides)
-    rule_names = [r.name for r in policy.rules]
-    allowed_keys = sorted(
-        (set(REQUEST_OVERRIDES) & allowed)
-        | {f"{r}.{f}" for r in rule_names for f in OVERRIDABLE_FIELDS if f"{r}.{f}" in allowed or f"*.{f}" in allowed}
-    )
-    hint = f"allowed override keys for policy {policy.name!r}: {', '.join(allowed_keys) or '(none)'}"
-    for key, value in _flatten(overrides):
-        rule_name, dot, fld = key.rpartition(".")
-        if not dot:
-            rule_name, fld = "", key
-        permitted = (key in REQUEST_OVERRIDES and key in allowed) or (
-            rule_name in rule_names and (key in allowed or f"*.{fld}" in allowed)
-        )
-        if not permitted:
-            raise AxisguardError(f"override {key!r} (value {value!r}) is not allowed by the policy", hint)
-        rule = policy.rule(rule_name) if rule_name else None
-        try:
-            coerced = _coerce_override(fld, value, rule)
-        except ValueError as exc:
-            raise AxisguardError(f"override {key!r}: bad value {value!r}; {exc}", hint) from None
-        if rule is None and fld == "mode":
-            result.mode = coerced
-        elif rule is None:
-            result.enabled = coerced
-        else:
-            result.rules.setdefault(rule_name, {})[fld] = coerced
-    return result
-
-
-# --- checking a policy against a pack --------------------------------------------------------------
-
-
-@dataclass
-class ResolvedRule:
-    """A rule bound to a pack: axis indices and numeric thresholds/targets."""
-
-    rule: Rule
-    index: int
-    axis_index: int
-    threshold: float
-    steer_axis_index: int | None = None
-    steer_layers: tuple[int, ...] = ()
-    clamp_target_z: float | None = None
-
-
-@dataclass
-class PolicyCheck:
-    """Outcome of ``check_against_pack``: problems that refuse the policy, and warnings."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    resolved: list[ResolvedRule] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def check_against_pack(policy: Policy, pack: AxisPack) -> PolicyCheck:
-    """Bind every rule to the pack; report unknown axes, bad layers and thresholds that cannot work."""
-    check = PolicyCheck()
-    names = pack.axis_names
-    num_layers = pack.model.num_layers
-    for rule in policy.rules:
-        problems: list[str] = []
-        missing = [a for a in (rule.axis, rule.steer.axis if rule.steer else None) if a and a not in names]
-        if missing:
-            message = (f"rule {rule.name!r}: axis {missing[0]!r} is not in the pack "
-                       f"(pack axes: {', '.join(names)})")
-            if policy.unknown_axes == "error":
-                check.errors.append(message)
-            else:
-                check.warnings.append(message + "; the rule is skipped")
-                check.skipped.append(rule.name)
-            continue
-        k = names.index(rule.axis)
-        threshold = pack.auto_threshold(k) if rule.threshold == "auto" else float(rule.threshold)
-        resolved = ResolvedRule(rule=rule, index=len(check.resolved), axis_index=k, threshold=threshold)
-        pos, neg = float(pack.pos_mean_z[k]), float(pack.neg_mean_z[k])
-        if rule.direction == "above" and threshold > max(pos, neg) + 4.0:
-            check.warnings.append(
-                f"rule {rule.name!r}: threshold {threshold:.2f} is far above the calibrated positive mean "
-                f"{pos:.2f} for {rule.axis!r}; it may never fire"
-            )
-        if rule.direction == "above" and threshold < min(pos, neg):
-            check.warnings.append(
-                f"rule {rule.name!r}: threshold {threshold:.2f} is below the calibrated negative mean "
-                f"{neg:.2f} for {rule.axis!r}; it will fire on most benign traffic"
-            )
-        if rule.steer is not None:
-            steer = rule.steer
-            sk = names.index(steer.axis) if steer.axis else k
-            own = pack.layers_by_axis[sk]  # the steering axis' layer (its own with per-axis layers)
-            layers = tuple(steer.layers) if steer.layers is not None else (own,)
-            bad = [layer for layer in layers if layer >= num_layers]
-            if bad:
-                problems.append(f"steer.layers {bad} out of range; allowed: 0..{num_layers - 1}")
-            if steer.method in ("ablate", "clamp") and layers != (own,):
-                problems.append(
-                    f"steer.method {steer.method!r} needs the axis' anchor statistics, which exist only at "
-                    f"layer {own}; allowed steer.layers: [{own}] (or leave it out)"
-                )
-            resolved.steer_axis_index = sk
-            resolved.steer_layers = layers
-            if steer.method == "clamp":
-                resolved.clamp_target_z = float(pack.neg_mean_z[sk]) if steer.target == "safe" else float(steer.target)
-        if problems:
-            check.errors.extend(f"rule {rule.name!r}: {p}" for p in problems)
-            continue
-        check.resolved.append(resolved)
-    for message in check.warnings:
-        log.debug("policy %s: %s", policy.name, message)
-    return check
-
-
-def require_runnable(policy: Policy, pack: AxisPack, where: str = "") -> PolicyCheck:
-    """``check_against_pack``, raising when the guard would refuse the policy (``where``: the pack's path)."""
-    check = check_against_pack(policy, pack)
-    if not check.ok:
-        where = where or str(pack.model.name)
-        raise AxisguardError(
-            f"policy {policy.name!r} cannot run on the pack for {pack.model.name} ({where}):\n"
-            + "\n".join(f"  - {e}" for e in check.errors),
-            f"fix the policy, or check it with `axisguard policy check POLICY --pack {where}`",
-        )
-    return check

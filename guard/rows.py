@@ -1,7 +1,7 @@
 """The row contract between an engine adapter and the guard: which request owns each row of a step.
 
-An adapter describes every forward step as a ``RowMap`` (host tensors); the monitor derives the
-step's device-side indices (``StepIndex``) from it once and reuses them at every hooked layer.
+An adapter describes every forward step as a ``RowMap`` (host tensors); ``index_rows`` derives the
+step's device-side indices (``StepIndex``) from it once, and the guard reuses them at every hooked layer.
 """
 
 from __future__ import annotations
@@ -86,3 +86,48 @@ class StepIndex:
     last_gen_row: torch.Tensor  # [R] (-1: none)
     prompt_done_now: torch.Tensor  # [R] bool
     steerable: torch.Tensor  # [T] bool: generated rows and the last prompt row of a completed prompt
+
+
+def index_rows(rows: RowMap, slots: Sequence[int], num_rows: int, trash: int, dev: torch.device) -> StepIndex:
+    """The step's row/request indices on ``dev`` (device ops only): ``slots`` [R] are the requests'
+    monitor slots, padding rows go to the ``trash`` slot."""
+    n_req = len(rows.request_ids)
+    row_request = rows.row_request.to(dev, non_blocking=True).long()
+    is_prompt = rows.is_prompt.to(dev, non_blocking=True).bool()
+    if row_request.shape[0] < num_rows:  # engine padding rows past the scheduled tokens
+        pad = num_rows - row_request.shape[0]
+        row_request = torch.cat([row_request, row_request.new_full((pad,), -1)])
+        is_prompt = torch.cat([is_prompt, is_prompt.new_zeros(pad)])
+    elif row_request.shape[0] > num_rows:
+        raise ValueError(f"RowMap has {row_request.shape[0]} rows but the hidden states have {num_rows}")
+    valid = row_request >= 0
+    row_index = torch.where(valid, row_request, n_req)
+    req_slot = torch.tensor(list(slots), dtype=torch.long).to(dev, non_blocking=True)
+    slot_ext = torch.cat([req_slot, req_slot.new_full((1,), trash)])
+    row_slot = slot_ext[row_index]
+    prompt_rows = valid & is_prompt
+    gen = valid & ~is_prompt
+    arange = torch.arange(num_rows, device=dev)
+    minus_one = torch.full((n_req + 1,), -1, dtype=torch.long, device=dev)
+    last_prompt = minus_one.scatter_reduce(0, row_index, torch.where(prompt_rows, arange, -1), "amax")
+    last_gen = minus_one.scatter_reduce(0, row_index, torch.where(gen, arange, -1), "amax")
+    zeros = torch.zeros(n_req + 1, dtype=torch.long, device=dev)
+    n_gen = zeros.index_add(0, row_index, gen.long())
+    n_prompt = zeros.index_add(0, row_index, prompt_rows.long())[:n_req]
+    gen_before = torch.cumsum(gen.long(), 0) - gen.long()  # generated rows before each row
+    first = torch.full((n_req + 1,), num_rows, dtype=torch.long, device=dev)
+    first = first.scatter_reduce(0, row_index, torch.where(gen, gen_before, num_rows), "amin")
+    rank = gen_before - first[row_index]
+    if rows.prompt_complete is not None:
+        complete = rows.prompt_complete.to(dev, non_blocking=True).bool()[:n_req]
+        prompt_done_now = complete & (n_prompt > 0)
+    else:
+        prompt_done_now = n_prompt > 0
+    done_ext = torch.cat([prompt_done_now, prompt_done_now.new_zeros(1)])
+    steerable = gen | (prompt_rows & (arange == last_prompt[row_index]) & done_ext[row_index])
+    return StepIndex(
+        num_requests=n_req, num_rows=num_rows, req_slot=req_slot, row_index=row_index, row_slot=row_slot,
+        valid=valid, prompt_rows=prompt_rows, gen=gen, rank=rank, n_gen=n_gen, n_prompt=n_prompt,
+        last_prompt_row=last_prompt[:n_req], last_gen_row=last_gen[:n_req],
+        prompt_done_now=prompt_done_now, steerable=steerable,
+    )

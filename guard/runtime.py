@@ -41,8 +41,10 @@ import torch
 from guard.fault_injection import FaultInjection
 from guard.metrics import GuardMetrics
 from guard.monitor import Monitor
+from guard.overrides import resolve_overrides
 from guard.pack import AxisPack
-from guard.policy import Policy, ResolvedRule, require_runnable, resolve_overrides
+from guard.policy import Policy
+from guard.policy_check import ResolvedRule, require_runnable
 from guard.rows import RowMap, StepIndex
 from guard.steering import SteerOp, z_to_cosine
 from guard.verdict import SHADOWED, Verdict, assemble_verdict
@@ -124,7 +126,7 @@ class Guard:
         self._steps_since_flush = 0
         if metrics is not None:
             metrics.set_pack(pack)
-            self.monitor.set_buckets(metrics.z_buckets)
+            self.monitor.metrics.set_buckets(metrics.z_buckets)
 
     # --- set-up ------------------------------------------------------------------------------------
 
@@ -325,7 +327,7 @@ class Guard:
             d = torch.where(mask.unsqueeze(1), self._ops[r].delta(h, strength[:, r]), 0.0)
             delta = d if delta is None else delta + d
             if layer == self._first_steer_layer[r]:
-                self.monitor.count_steered(r, mask)
+                self.monitor.metrics.count_steered(r, mask)
         if delta is None:
             return None
         # A non-finite row (a broken forward, or an injected fault) must not spread into the stream.
@@ -406,7 +408,7 @@ class Guard:
         if self.metrics is None:
             return
         try:
-            totals = self.monitor.take_totals()
+            totals = self.monitor.metrics.take_totals()
             for i, axis in enumerate(self.monitor.axis_names):
                 if any(totals.buckets[i]):
                     self.metrics.observe_scores(axis, totals.buckets[i], totals.sums[i])

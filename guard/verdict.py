@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.monitor import SlotSnapshot
-from guard.policy import ACTIONS, ResolvedRule
+from guard.policy import ACTIONS
+from guard.policy_check import ResolvedRule
+from guard.slot_state import SlotSnapshot
 
 
 @dataclass

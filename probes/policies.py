@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 from guard.pack import AxisPack
-from guard.policy import Policy, load_policy, policy_from_text, require_runnable
+from guard.policy import Policy, load_policy, policy_from_text
+from guard.policy_check import require_runnable
 
 log = logging.getLogger(__name__)
 

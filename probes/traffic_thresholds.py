@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.policy import ResolvedRule, Rule
+from guard.policy import Rule
+from guard.policy_check import ResolvedRule
 from probes.operating_points import threshold_at_fpr
 
 
@@ -111,7 +112,7 @@ def threshold_for_rate(rule: Rule, axis: str, axis_index: int, requests: Sequenc
 
 def policy_thresholds(rules: Sequence[ResolvedRule], axis_names: Sequence[str], requests: Sequence[ScoredRequest],
                       fpr: float, ema_alpha: float, positives: Sequence[ScoredRequest] = ()) -> list[RuleThreshold]:
-    """``threshold_for_rate`` for every enabled rule bound to a pack (``guard.policy.check_against_pack``)."""
+    """``threshold_for_rate`` for every enabled rule bound to a pack (``guard.policy_check.check_against_pack``)."""
     return [threshold_for_rate(r.rule, axis_names[r.axis_index], r.axis_index, requests, fpr, ema_alpha, positives)
             for r in rules if r.rule.enabled]
 

@@ -36,7 +36,7 @@ import click
 from axisguard_cli.generate import read_prompts
 from guard.bundle import CanonicalBundle
 from guard.pack import AxisPack
-from guard.policy import check_against_pack
+from guard.policy_check import check_against_pack
 from integrations.hf_loading import load_model
 from integrations.traffic_scoring import score_traffic
 from probes.catalogue import BENIGN_TRAFFIC, load_catalogue

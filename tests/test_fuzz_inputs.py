@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from guard.bundle import CanonicalBundle
 from guard.errors import AxisguardError
+from guard.overrides import resolve_overrides
 from guard.pack import AxisPack
-from guard.policy import Policy, load_policy, policy_from_text, resolve_overrides
+from guard.policy import Policy, load_policy, policy_from_text
 from guard.tensor_folder import MANIFEST, _canonical_json, sha256_bytes
 from integrations.vllm.config import GuardConfig, overrides_from_extra_args
 from probes.catalogue import load_catalogue

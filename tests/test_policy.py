@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from axisguard_cli.main import cli
 from guard.errors import AxisguardError
-from guard.policy import Policy, check_against_pack, load_policy, policy_digest, resolve_overrides
+from guard.overrides import resolve_overrides
+from guard.policy import Policy, load_policy, policy_digest
+from guard.policy_check import check_against_pack
 from probes.policies import default_policy
 from tests.pack_factory import random_pack
 

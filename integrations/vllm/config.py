@@ -39,7 +39,7 @@ Two spellings, so that both offline and HTTP clients can use them:
   "axisguard.refusal_steer.threshold": 2.5}``.
 
 The keys after the prefix are the policy's override keys (``enabled``, ``<rule>.<field>``), checked
-against the policy's ``allow_overrides`` by ``guard.policy.resolve_overrides``.
+against the policy's ``allow_overrides`` by ``guard.overrides.resolve_overrides``.
 """
 
 from __future__ import annotations

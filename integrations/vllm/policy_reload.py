@@ -2,7 +2,7 @@
 
 The API server process holds the policy in force (``PolicyHolder``). A candidate policy, from the
 file or the route, is checked against the loaded pack with the checks of ``axisguard policy check``
-(schema, axes, layers; ``guard.policy.require_runnable``), then sent to the worker
+(schema, axes, layers; ``guard.policy_check.require_runnable``), then sent to the worker
 (``collective_rpc("axisguard_call", ("set_policy", ...))``), which swaps it between two engine
 steps for new requests; running ones keep theirs (``live_policy``). A refused policy changes
 nothing: the reason goes back to the caller (HTTP 400) or into the log, and
@@ -32,7 +32,8 @@ from typing import Any
 
 from guard.errors import AxisguardError
 from guard.pack import AxisPack
-from guard.policy import Policy, policy_from_text, require_runnable
+from guard.policy import Policy, policy_from_text
+from guard.policy_check import require_runnable
 from probes.policies import default_policy_text
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from guard.errors import AxisguardError
-from guard.policy import Policy, resolve_overrides
+from guard.overrides import resolve_overrides
+from guard.policy import Policy
 from integrations.vllm.config import GuardConfig, overrides_from_extra_args
 from integrations.vllm.policy_reload import current_policy
 from integrations.vllm.session import session_for
