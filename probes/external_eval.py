@@ -29,6 +29,7 @@ from probes.activations import ModelActivations
 from probes.calibration import build_bundle, choose_layer
 from probes.directions import native_direction
 from probes.layer_selection import AxisLayers, choose_axis_layers
+from probes.length_control import length_matched, length_only
 from probes.operating_points import auroc, auroc_interval, operating_points
 
 METHODS = ("native", "reconstructed", "acs_probe")
@@ -36,12 +37,15 @@ METHODS = ("native", "reconstructed", "acs_probe")
 
 @dataclass
 class PromptSet:
-    """Activations of a scored set on one model: ``pos``/``neg`` {layer: [n, d]}."""
+    """Activations of a scored set on one model: ``pos``/``neg`` {layer: [n, d]}; optionally each
+    prompt's token count (``pos_len``/``neg_len``), for the length baseline and length-matched AUROC."""
 
     name: str
     axis: str
     pos: dict[int, np.ndarray]
     neg: dict[int, np.ndarray]
+    pos_len: np.ndarray | None = None
+    neg_len: np.ndarray | None = None
 
 
 @dataclass
@@ -119,6 +123,8 @@ def score_set(scorer: Scorer, target: ModelActivations, prompts: PromptSet, with
     if with_points:
         row["auroc_ci"] = [round(x, 4) for x in auroc_interval(pos, neg)]
         row["tpr_at_fpr"] = [p.as_dict() for p in operating_points(pos, neg)]
+    if prompts.pos_len is not None and prompts.neg_len is not None:
+        row["length_matched"] = length_matched(pos, neg, prompts.pos_len, prompts.neg_len)
     return row
 
 
@@ -148,11 +154,13 @@ def evaluate_external(models: list[ModelActivations], external: dict[str, list[P
         sources = models[:i] + models[i + 1:]
         needed = {p.axis for p in external[target.info.name]} | set(target.test_pos)
         scorers, layers = axis_scorers(target, sources, specs, anchors_sha256, needed)
-        sets = {}
+        sets: dict[str, dict] = {}
         for prompts in external[target.info.name]:
             sets[prompts.name] = {"axis": prompts.axis,
                                   "scores": {k: score_set(s, target, prompts) for k, s in scorers[prompts.axis].items()},
                                   "native_by_layer": native_by_layer(target, prompts.axis, prompts)}
+            if prompts.pos_len is not None and prompts.neg_len is not None:  # the trivial baseline to beat
+                sets[prompts.name]["length_only"] = length_only(prompts.pos_len, prompts.neg_len)
         for spec in specs:
             if spec.name not in target.test_pos or spec.name not in scorers:  # no test split loaded for this axis
                 continue

@@ -47,14 +47,21 @@ def scored_sets(split: str):
 def external_activations(model: str, sets, layers: list[int], pooling: Pooling = "last") -> list[PromptSet]:
     """``model``'s pooled activations of every set's prompts at ``layers`` (extracted once, cached)."""
     prompts = list(dict.fromkeys(p for s in sets for p in s.positive + s.negative))
-    acts = extract_activations(load_model(model), prompts, layers, pooling=pooling, cache=ActivationCache())
+    loaded = load_model(model)
+    acts = extract_activations(loaded, prompts, layers, pooling=pooling, cache=ActivationCache())
+    # the user's text in tokens, without the chat template (probes.length_control)
+    tokens = np.array([len(ids) for ids in loaded.tokenizer(prompts, add_special_tokens=False)["input_ids"]])
     where = {p: i for i, p in enumerate(prompts)}
 
     def take(texts):
         idx = [where[t] for t in texts]
         return {layer: acts[layer][idx] for layer in layers}
 
-    return [PromptSet(s.name, s.axis, take(s.positive), take(s.negative)) for s in sets]
+    def count(texts):
+        return tokens[[where[t] for t in texts]]
+
+    return [PromptSet(s.name, s.axis, take(s.positive), take(s.negative), count(s.positive), count(s.negative))
+            for s in sets]
 
 
 def _cell(row: dict) -> str:
@@ -66,6 +73,9 @@ def _cell(row: dict) -> str:
         if fpr in points:
             p = points[fpr]
             out += f"<br>TPR@{fpr:.0%} {p['tpr']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+    matched = row.get("length_matched")
+    if matched and matched["auroc"] is not None:
+        out += f"<br>length-matched {matched['auroc']:.3f} ({matched['n_pairs']} pairs)"
     return out
 
 
@@ -76,10 +86,14 @@ def markdown(results: dict, title: str) -> str:
     for name in ext:
         first = results[models[0]]["sets"][name]["scores"]["one_layer/native"]
         lines += [f"## {name} ({first['n_pos']} pos / {first['n_neg']} neg)", "",
-                  "AUROC [bootstrap 95 %], TPR at 1 % / 5 % FPR [bootstrap 95 %].", "",
+                  "AUROC [bootstrap 95 %], TPR at 1 % / 5 % FPR [bootstrap 95 %], AUROC on a length-matched "
+                  "subsample (probes/length_control.py).", "",
                   "| scorer | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         for key in HEADLINE:
             lines.append(f"| {key} | " + " | ".join(_cell(results[m]["sets"][name]["scores"][key]) for m in models) + " |")
+        if all("length_only" in results[m]["sets"][name] for m in models):
+            lines.append("| token count alone (baseline) | " + " | ".join(
+                f"{results[m]['sets'][name]['length_only']:.3f}" for m in models) + " |")
         lines.append("| native AUROC by layer (diagnostic) | " + " | ".join(
             ", ".join(f"{k}: {v:.2f}" for k, v in results[m]["sets"][name]["native_by_layer"].items()) for m in models) + " |")
         lines.append("")
