@@ -134,7 +134,7 @@ def summary_section(folder: str | Path = "bench/results/external") -> list[str]:
     return lines
 
 
-RUN_ORDER = ("before", "after", "depth", "round3")  # the committed runs, oldest first; other tags follow
+RUN_ORDER = ("before", "after", "depth", "round3", "length")  # the committed runs, oldest first; other tags follow
 
 
 def plot(out: Path) -> Path:
