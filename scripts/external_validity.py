@@ -180,7 +180,8 @@ def plot(out: Path) -> Path:
 @click.command()
 @click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True)
 @click.option("--data", default=None, help="catalogue directory (default: the built-in one)")
-@click.option("--tag", default="after", show_default=True, help="run name, e.g. before / after")
+@click.option("--tag", default="latest", show_default=True,
+              help="run name; the committed runs (before, after, depth, round3, length) are history: pick a new one")
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--out", default="bench/results/external", show_default=True)
 @click.option("--plot/--no-plot", "with_plot", default=True)
