@@ -77,7 +77,9 @@ benign look-alikes and everyday requests written for this project (`probes/exter
 bootstrap intervals and TPR at 1 % / 5 % FPR are in `bench/results/external/*.md`. `one_layer`: every
 axis at the layer `adapt` picks; `per_axis`: each axis at its own label-free layer
 (`probes/layer_selection.py`). `before` = catalogue at the start of issue #9, `after` = reworked,
-`depth` = reworked with refusal read at a quarter of the depth (its card's `read_depth`, the shipped rule)."""
+`depth` = reworked with refusal read at a quarter of the depth (its card's `read_depth`, the shipped rule),
+`round3` = the shipped catalogue, `length` = the same against benign sets as long as real traffic (the
+honest numbers: the earlier runs' refusal AUROCs are inflated by prompt length)."""
 
 
 def length_auroc(pairs) -> float:
