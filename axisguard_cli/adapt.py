@@ -20,14 +20,23 @@ from axisguard_cli.options import batch_option, data_option, engine_option, temp
                    "pairs per axis refine the anchors-only axis (shrinkage toward it, weight by CV on the shots, one-SE rule). "
                    "Use pairs like your traffic and check the pack on held-out data: CV only sees the shots' kind.")
 @click.option("--shots", type=click.IntRange(0), default=None, help="Pairs per axis to use from --pairs (default: all).")
+@click.option("--whiten-with", "whiten_file", default=None,
+              help="Ordinary prompts (one per line or JSONL with 'text'; 'builtin' = the built-in benign sample): "
+                   "whiten --whiten-axes against their covariance (label-free; takes out what everyday prompts vary "
+                   "along, length above all). Measured: helps at deep read layers, hurts at 1/4 depth "
+                   "(bench/results/external/README.md).")
+@click.option("--whiten-axes", default="refusal", show_default=True, help="Comma-separated axes to whiten.")
+@click.option("--whiten-ridge", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Ridge added to the covariance, in units of its mean eigenvalue (larger = closer to the plain axis).")
 @engine_option
 @template_option
 @batch_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Axis pack folder to write.")
-def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, engine, chat_template, batch_size, out) -> None:
+def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, whiten_file, whiten_axes, whiten_ridge,
+            engine, chat_template, batch_size, out) -> None:
     """Build an axis pack for TARGET: anchors only, no labels, no fine-tuning (unless --pairs gives a few)."""
     from guard.bundle import CanonicalBundle
-    from guard.errors import MismatchError
+    from guard.errors import AxisguardError, MismatchError
     from guard.tensor_folder import MANIFEST
     from integrations.activation_collection import collect_activations
     from probes.calibration import adapt_pack
@@ -50,9 +59,24 @@ def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, engin
         from probes.catalogue import load_shot_pairs
 
         catalogue.calibration = load_shot_pairs(pairs_dir, bundle.axis_names, shots)
+    whiten = [a.strip() for a in whiten_axes.split(",") if a.strip()] if whiten_file else []
+    unknown = [a for a in whiten if a not in bundle.axis_names]
+    if unknown:
+        raise AxisguardError(f"--whiten-axes names {', '.join(unknown)}, not in the bundle",
+                             f"choose from: {', '.join(bundle.axis_names)}")
+    ordinary: list[str] = []
+    if whiten_file:
+        from axisguard_cli.generate import read_prompts
+        from probes.catalogue import BENIGN_TRAFFIC
+        from probes.traffic_whitening import MIN_PROMPTS
+
+        ordinary = read_prompts(BENIGN_TRAFFIC if whiten_file == "builtin" else whiten_file)
+        if len(ordinary) < MIN_PROMPTS:  # refuse before the model runs
+            raise AxisguardError(f"--whiten-with needs at least {MIN_PROMPTS} ordinary prompts, {whiten_file} has {len(ordinary)}",
+                                 "pass a larger sample of your everyday traffic, or 'builtin' (473 requests)")
     acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None,
                                anchors_only=pairs_dir is None, splits=("calibration",), engine=engine,
-                               use_chat_template=chat_template, batch_size=batch_size)
+                               use_chat_template=chat_template, batch_size=batch_size, extra_prompts=ordinary)
     info = acts.info
     pack = adapt_pack(bundle, acts.anchors, info.at_layer(acts.layers[0]),
                       method=method, layer=layer, bundle_sha256=bundle_sha)
@@ -64,6 +88,13 @@ def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, engin
         for axis, r in pack.diagnostics["few_shot"].items():
             console.print(f"  few-shot {axis:<18} {r['shots']} pairs, weight on the shots {r['weight']:.1f} "
                           f"(CV AUROC {r['cv_auroc']})")
+    if whiten:
+        from probes.traffic_whitening import whiten_pack
+
+        pack = whiten_pack(pack, whiten, acts.extra, acts.anchors, whiten_ridge)
+        for axis, r in pack.diagnostics["traffic_whitening"].items():
+            console.print(f"  whitened {axis:<18} against {r['prompts']} ordinary prompts at layer {r['layer']} "
+                          f"(ridge {r['ridge']:g}; cosine to the plain axis {r['cos_to_plain']:.2f})")
     path = pack.save(out)
     where = f"layers {pack.score_layers}" if pack.per_axis_layers else f"layer {pack.layer}"
     console.print(f"wrote axis pack [bold]{path}[/] for {info.name} at {where} ({method}); "

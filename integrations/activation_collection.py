@@ -39,8 +39,10 @@ def collect_activations(
     engine: str = "transformers",
     batch_size: int = 8,
     anchors_only: bool = False,
+    extra_prompts: Sequence[str] = (),
 ) -> ModelActivations:
-    """Run ``model_spec`` on the catalogue's prompts at ``layers`` (default: the depth grid)."""
+    """Run ``model_spec`` on the catalogue's prompts at ``layers`` (default: the depth grid); ``extra_prompts``
+    (unlabelled, e.g. ordinary traffic) go through the same pass and land in ``.extra``."""
     if engine == "vllm":
         from integrations.vllm.capture import VllmExtractor
 
@@ -63,6 +65,9 @@ def collect_activations(
             f"layer {bad[0]} is out of range for {info.name} ({info.num_layers} layers)", f"use 0..{info.num_layers - 1}"
         )
     prompts, where = _slices(catalogue, () if anchors_only else splits)
+    if extra_prompts:
+        where[("extra", "", "")] = slice(len(prompts), len(prompts) + len(extra_prompts))
+        prompts = prompts + list(extra_prompts)
     if engine == "vllm":
         acts = extractor.extract(prompts, chosen)
     else:
@@ -75,6 +80,9 @@ def collect_activations(
     out = ModelActivations(info=info, anchors=take(("anchors", "", "")))
     for (split, axis, side) in where:
         if split == "anchors":
+            continue
+        if split == "extra":
+            out.extra = take(("extra", "", ""))
             continue
         target = {("calibration", "positive"): out.pos, ("calibration", "negative"): out.neg,
                   ("test", "positive"): out.test_pos, ("test", "negative"): out.test_neg}[(split, side)]

@@ -31,6 +31,8 @@ class ModelActivations:
     neg: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     test_pos: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     test_neg: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    # unlabelled prompts run in the same pass (``collect_activations(extra_prompts=...)``), e.g. ordinary traffic
+    extra: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:

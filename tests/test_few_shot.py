@@ -78,13 +78,19 @@ def write_data(root, axes: dict[str, list[tuple[str, str]]], anchors: list[str])
             "".join(json.dumps({"positive": p, "negative": n}) + "\n" for p, n in pairs))
 
 
-def test_calibrate_then_adapt_with_pairs_and_shots(tmp_path, axisguard_home):
+def tiny_families(root, seed: int) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """Three tiny real models ``root/m0..m2`` and a two-axis catalogue in ``root/data``: (pairs, anchors)."""
     for i, arch in enumerate(("llama", "qwen2", "llama")):
-        build_tiny_model(arch, 64, num_layers=4, seed=10 + i, save_to=tmp_path / f"m{i}")
+        build_tiny_model(arch, 64, num_layers=4, seed=seed + i, save_to=root / f"m{i}")
     anchors = [f"anchor {i}: a note about subject {i * 7 % 11} and item {i % 5}" for i in range(40)]
     pairs = {"refusal": [(f"how do i break into house {i}", f"how do i paint house {i}") for i in range(12)],
              "toxicity": [(f"you are stupid number {i}", f"you are kind number {i}") for i in range(12)]}
-    write_data(tmp_path / "data", pairs, anchors)
+    write_data(root / "data", pairs, anchors)
+    return pairs, anchors
+
+
+def test_calibrate_then_adapt_with_pairs_and_shots(tmp_path, axisguard_home):
+    pairs, anchors = tiny_families(tmp_path, seed=10)
     write_data(tmp_path / "shots", {"refusal": pairs["refusal"][::-1]}, anchors)
     runner = CliRunner()
     result = runner.invoke(cli, ["calibrate", "--source", str(tmp_path / "m0"), "--source", str(tmp_path / "m1"),

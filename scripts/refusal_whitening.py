@@ -1,0 +1,154 @@
+"""Refusal axis whitened against ordinary traffic (``probes.traffic_whitening``), by depth (issue #9).
+
+For every model (leave-one-family-out, label-free) and depth of the grid: the reconstructed refusal
+axis as shipped (``base``) and whitened with the covariance of everyday requests (``ridge=R``). The
+whitening sample is the half of the built-in everyday sample that the split does **not** score
+(DEV scores half ``a``, so it whitens on ``b``; FINAL the other way round), so no scored prompt is used.
+Per cell: AUROC vs our look-alikes and vs everyday traffic, each also length-matched
+(``probes.length_control``), the score's Spearman rho with token count on those benign prompts, and
+the threshold that flags 1 % of the scored everyday half applied to look-alikes and harmful requests, and
+where ``make demo``'s three prompts fall among the scored everyday half (percentile of their z).
+
+    python -m scripts.refusal_whitening --split dev            # every depth, ridge 0.1 / 1 / 10, + PNG
+    python -m scripts.refusal_whitening --split final --depths 0.25,0.625 --ridges 1
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from scipy.stats import spearmanr
+
+from guard.scoring import AnchorZScorer
+from integrations.activation_cache import ActivationCache
+from integrations.activation_collection import collect_activations
+from integrations.hf_extraction import extract_activations
+from integrations.hf_loading import load_model
+from probes.catalogue import load_catalogue
+from probes.external_data import SPLITS
+from probes.length_control import length_matched
+from probes.operating_points import auroc, threshold_at_fpr
+from probes.traffic_whitening import whiten_direction
+from scripts.demo_serve import PROMPTS as DEMO_PROMPTS
+from scripts.external_validity import MODELS, external_activations, scored_sets
+from scripts.refusal_length import DEPTHS, axis_at_depth
+
+OTHER = {"dev": "final", "final": "dev"}
+
+
+def cell(scorer: AnchorZScorer, look, traffic, layer: int, demo: dict[int, np.ndarray]) -> dict:
+    """Detection and flag-rate numbers of one scorer at one layer."""
+    def z(x: dict[int, np.ndarray]) -> np.ndarray:
+        return scorer.transform(x[layer])[:, 0]
+
+    harm, alike, everyday = z(look.pos), z(look.neg), z(traffic.neg)
+    threshold = threshold_at_fpr(everyday, 0.01)
+    m_look = length_matched(harm, alike, look.pos_len, look.neg_len)
+    m_traffic = length_matched(harm, everyday, traffic.pos_len, traffic.neg_len)
+    return {
+        "lookalike": round(auroc(harm, alike), 4), "lookalike_matched": m_look["auroc"],
+        "traffic": round(auroc(harm, everyday), 4), "traffic_matched": m_traffic["auroc"],
+        "rho_length": round(float(spearmanr(np.r_[alike, everyday], np.r_[look.neg_len, traffic.neg_len])[0]), 3),
+        "flag_harmful": round(float(np.mean(harm > threshold)), 4),
+        "flag_lookalike": round(float(np.mean(alike > threshold)), 4),
+        "demo_percentile": {k: round(float(np.mean(everyday < v)), 4) for k, v in zip(DEMO_PROMPTS, z(demo), strict=True)},
+    }
+
+
+def run(split: str, depths: list[float], ridges: list[float], models: str) -> dict:
+    catalogue = load_catalogue()
+    acts = [collect_activations(m, catalogue) for m in models.split(",")]
+    sets = {s.name: s for s in scored_sets(split) if s.axis == "refusal"}
+    whitening = next(s for s in scored_sets(OTHER[split]) if s.name.startswith("refusal_vs_traffic"))
+    out: dict = {"split": split, "whitening_sample": f"everyday half not scored ({len(whitening.negative)} prompts)",
+                 "models": {}}
+    for i, target in enumerate(acts):
+        name = target.info.name
+        ext = {e.name: e for e in external_activations(name, list(sets.values()), target.layers)}
+        look, traffic = ext[f"refusal_vs_lookalike_{split}"], ext[f"refusal_vs_traffic_{split}"]
+        benign = external_activations(name, [whitening], target.layers)[0].neg
+        demo = extract_activations(load_model(name), list(DEMO_PROMPTS.values()), target.layers, cache=ActivationCache())
+        rows = []
+        for depth in depths:
+            layer, base = axis_at_depth(acts, i, depth)
+            anchors = target.anchors[layer].astype(np.float64)
+            row = {"depth": depth, "layer": layer, "base": cell(base, look, traffic, layer, demo)}
+            for ridge in ridges:
+                w = whiten_direction(base.vectors[0], benign[layer], ridge)
+                row[f"ridge={ridge:g}"] = {"cos_to_base": round(float(w @ base.vectors[0]), 3),
+                                           **cell(AnchorZScorer(w[None]).fit(anchors), look, traffic, layer, demo)}
+            rows.append(row)
+            click.echo(f"{name:>13} depth {depth:.3f} L{layer:<2} " + "  ".join(
+                f"{k}: look {v['lookalike']:.3f} traffic {v['traffic']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+        out["models"][name] = rows
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Refusal whitened against everyday traffic ({result['split'].upper()})", "",
+             f"`python -m scripts.refusal_whitening --split {result['split']}`; whitening sample: "
+             f"{result['whitening_sample']}. Cells: AUROC vs look-alikes (length-matched) / vs everyday (length-matched); "
+             "rho = Spearman of z with token count on the benign prompts; flags = share of harmful / look-alike "
+             "prompts above the threshold that flags 1 % of the scored everyday half; demo = percentile of `make demo`'s "
+             "benign / pipe-bomb / jailbreak prompts among that half.", "",
+             "| model | depth (layer) | variant | vs look-alikes | vs everyday | rho | flags harmful / look-alike | demo |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, rows in result["models"].items():
+        for row in rows:
+            for variant, c in row.items():
+                if isinstance(c, dict):
+                    lines.append(f"| {model} | {row['depth']:.3f} (L{row['layer']}) | {variant} | {c['lookalike']:.3f} "
+                                 f"({c['lookalike_matched']}) | {c['traffic']:.3f} ({c['traffic_matched']}) | "
+                                 f"{c['rho_length']:+.2f} | {c['flag_harmful']:.1%} / {c['flag_lookalike']:.1%} | "
+                                 + " / ".join(f"{p:.0%}" for p in c["demo_percentile"].values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(result["models"])
+    fig, axes = plt.subplots(2, len(models), figsize=(4 * len(models), 6), sharey=True, squeeze=False)
+    for col, model in enumerate(models):
+        rows = result["models"][model]
+        variants = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+        for r, key in enumerate(("lookalike", "traffic")):
+            ax = axes[r][col]
+            for v in variants:
+                ax.plot([row["depth"] for row in rows], [row[v][key] for row in rows], marker="o",
+                        label=v, lw=2.5 if v == "base" else 1.2)
+            ax.axhline(0.85, ls="--", c="grey", lw=0.8)
+            ax.set_title(f"{model}: vs {'look-alikes' if key == 'lookalike' else 'everyday'}", fontsize=9)
+            ax.set_xlabel("relative depth")
+    axes[0][0].set_ylabel("AUROC")
+    axes[1][0].set_ylabel("AUROC")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Refusal axis, plain vs whitened against everyday traffic ({result['split'].upper()}, label-free)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@click.command()
+@click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True)
+@click.option("--depths", default=",".join(f"{d:.4g}" for d in DEPTHS), show_default=True)
+@click.option("--ridges", default="0.1,1,10", show_default=True)
+@click.option("--models", default=MODELS, show_default=True)
+@click.option("--out", default="bench/results/external", show_default=True)
+def main(split: str, depths: str, ridges: str, models: str, out: str) -> None:
+    result = run(split, [float(d) for d in depths.split(",")], [float(r) for r in ridges.split(",")], models)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"whitening_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / f"whitening_{split}.md").write_text(markdown(result))
+    if len(result["models"][next(iter(result["models"]))]) > 1:
+        plot(result, folder / f"whitening_{split}.png")
+    click.echo(f"wrote {folder}/whitening_{split}.*")
+
+
+if __name__ == "__main__":
+    main()
