@@ -11,6 +11,11 @@ where ``make demo``'s three prompts fall among the scored everyday half (percent
 
     python -m scripts.refusal_whitening --split dev            # every depth, ridge 0.1 / 1 / 10, + PNG
     python -m scripts.refusal_whitening --split final --depths 0.25,0.625 --ridges 1
+    python -m scripts.refusal_whitening --split dev --ridges 1 --sample catalogue_benign   # -> whitening_catalogue_benign_dev.*
+
+``--sample catalogue_benign`` whitens on the target's hidden states of the benign sides of the refusal
+catalogue's calibration pairs instead (our look-alike-style prompts, no harmful ones): does the covariance of
+benign prompts *near* the boundary help against look-alikes the way everyday traffic's helps against everyday?
 """
 
 from __future__ import annotations
@@ -58,18 +63,21 @@ def cell(scorer: AnchorZScorer, look, traffic, layer: int, demo: dict[int, np.nd
     }
 
 
-def run(split: str, depths: list[float], ridges: list[float], models: str) -> dict:
+def run(split: str, depths: list[float], ridges: list[float], models: str, sample: str = "everyday") -> dict:
     catalogue = load_catalogue()
     acts = [collect_activations(m, catalogue) for m in models.split(",")]
     sets = {s.name: s for s in scored_sets(split) if s.axis == "refusal"}
     whitening = next(s for s in scored_sets(OTHER[split]) if s.name.startswith("refusal_vs_traffic"))
-    out: dict = {"split": split, "whitening_sample": f"everyday half not scored ({len(whitening.negative)} prompts)",
+    described = (f"everyday half not scored ({len(whitening.negative)} prompts)" if sample == "everyday" else
+                 f"benign sides of the refusal catalogue's calibration pairs ({len(catalogue.calibration['refusal'])} prompts)")
+    out: dict = {"split": split, "sample": sample, "whitening_sample": described,
                  "models": {}}
     for i, target in enumerate(acts):
         name = target.info.name
         ext = {e.name: e for e in external_activations(name, list(sets.values()), target.layers)}
         look, traffic = ext[f"refusal_vs_lookalike_{split}"], ext[f"refusal_vs_traffic_{split}"]
-        benign = external_activations(name, [whitening], target.layers)[0].neg
+        benign = (external_activations(name, [whitening], target.layers)[0].neg if sample == "everyday"
+                  else target.neg["refusal"])
         demo = extract_activations(load_model(name), list(DEMO_PROMPTS.values()), target.layers, cache=ActivationCache())
         rows = []
         for depth in depths:
@@ -89,7 +97,7 @@ def run(split: str, depths: list[float], ridges: list[float], models: str) -> di
 
 def markdown(result: dict) -> str:
     lines = [f"# Refusal whitened against everyday traffic ({result['split'].upper()})", "",
-             f"`python -m scripts.refusal_whitening --split {result['split']}`; whitening sample: "
+             f"`python -m scripts.refusal_whitening --split {result['split']} --sample {result['sample']}`; whitening sample: "
              f"{result['whitening_sample']}. Cells: AUROC vs look-alikes (length-matched) / vs everyday (length-matched); "
              "rho = Spearman of z with token count on the benign prompts; flags = share of harmful / look-alike "
              "prompts above the threshold that flags 1 % of the scored everyday half; demo = percentile of `make demo`'s "
@@ -128,7 +136,8 @@ def plot(result: dict, path: Path) -> None:
     axes[0][0].set_ylabel("AUROC")
     axes[1][0].set_ylabel("AUROC")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Refusal axis, plain vs whitened against everyday traffic ({result['split'].upper()}, label-free)")
+    against = "everyday traffic" if result.get("sample", "everyday") == "everyday" else "the catalogue's benign sides"
+    fig.suptitle(f"Refusal axis, plain vs whitened against {against} ({result['split'].upper()}, label-free)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -137,17 +146,20 @@ def plot(result: dict, path: Path) -> None:
 @click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True)
 @click.option("--depths", default=",".join(f"{d:.4g}" for d in DEPTHS), show_default=True)
 @click.option("--ridges", default="0.1,1,10", show_default=True)
+@click.option("--sample", type=click.Choice(["everyday", "catalogue_benign"]), default="everyday", show_default=True,
+              help="What to whiten on (see module docstring).")
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--out", default="bench/results/external", show_default=True)
-def main(split: str, depths: str, ridges: str, models: str, out: str) -> None:
-    result = run(split, [float(d) for d in depths.split(",")], [float(r) for r in ridges.split(",")], models)
+def main(split: str, depths: str, ridges: str, sample: str, models: str, out: str) -> None:
+    result = run(split, [float(d) for d in depths.split(",")], [float(r) for r in ridges.split(",")], models, sample)
+    stem = "whitening" if sample == "everyday" else f"whitening_{sample}"
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"whitening_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (folder / f"whitening_{split}.md").write_text(markdown(result))
+    (folder / f"{stem}_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / f"{stem}_{split}.md").write_text(markdown(result))
     if len(result["models"][next(iter(result["models"]))]) > 1:
-        plot(result, folder / f"whitening_{split}.png")
-    click.echo(f"wrote {folder}/whitening_{split}.*")
+        plot(result, folder / f"{stem}_{split}.png")
+    click.echo(f"wrote {folder}/{stem}_{split}.*")
 
 
 if __name__ == "__main__":
