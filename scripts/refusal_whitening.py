@@ -42,6 +42,19 @@ from scripts.external_validity import MODELS, external_activations, scored_sets
 from scripts.refusal_length import DEPTHS, axis_at_depth
 
 OTHER = {"dev": "final", "final": "dev"}
+ROUNDS = 1000
+
+
+def paired_delta(plain: AnchorZScorer, other: AnchorZScorer, pos: np.ndarray, neg: np.ndarray, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of AUROC(other) - AUROC(plain) on the same resampled prompts."""
+    a_pos, a_neg = plain.transform(pos)[:, 0], plain.transform(neg)[:, 0]
+    b_pos, b_neg = other.transform(pos)[:, 0], other.transform(neg)[:, 0]
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(ROUNDS):
+        i, j = rng.integers(0, len(pos), len(pos)), rng.integers(0, len(neg), len(neg))
+        deltas.append(auroc(b_pos[i], b_neg[j]) - auroc(a_pos[i], a_neg[j]))
+    return [round(float(q), 4) for q in np.quantile(deltas, [0.025, 0.975])]
 
 
 def cell(scorer: AnchorZScorer, look, traffic, layer: int, demo: dict[int, np.ndarray]) -> dict:
@@ -86,8 +99,11 @@ def run(split: str, depths: list[float], ridges: list[float], models: str, sampl
             row = {"depth": depth, "layer": layer, "base": cell(base, look, traffic, layer, demo)}
             for ridge in ridges:
                 w = whiten_direction(base.vectors[0], benign[layer], ridge)
-                row[f"ridge={ridge:g}"] = {"cos_to_base": round(float(w @ base.vectors[0]), 3),
-                                           **cell(AnchorZScorer(w[None]).fit(anchors), look, traffic, layer, demo)}
+                white = AnchorZScorer(w[None]).fit(anchors)
+                row[f"ridge={ridge:g}"] = {
+                    "cos_to_base": round(float(w @ base.vectors[0]), 3), **cell(white, look, traffic, layer, demo),
+                    "delta_ci": {"lookalike": paired_delta(base, white, look.pos[layer], look.neg[layer]),
+                                 "traffic": paired_delta(base, white, traffic.pos[layer], traffic.neg[layer])}}
             rows.append(row)
             click.echo(f"{name:>13} depth {depth:.3f} L{layer:<2} " + "  ".join(
                 f"{k}: look {v['lookalike']:.3f} traffic {v['traffic']:.3f}" for k, v in row.items() if isinstance(v, dict)))
@@ -102,14 +118,17 @@ def markdown(result: dict) -> str:
              "rho = Spearman of z with token count on the benign prompts; flags = share of harmful / look-alike "
              "prompts above the threshold that flags 1 % of the scored everyday half; demo = percentile of `make demo`'s "
              "benign / pipe-bomb / jailbreak prompts among that half.", "",
+             "Whitened rows give the paired-bootstrap 95 % interval of the AUROC change against the plain row in brackets.", "",
              "| model | depth (layer) | variant | vs look-alikes | vs everyday | rho | flags harmful / look-alike | demo |",
              "|---|---|---|---|---|---|---|---|"]
     for model, rows in result["models"].items():
         for row in rows:
             for variant, c in row.items():
                 if isinstance(c, dict):
+                    ci = {k: f" [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in c.get("delta_ci", {}).items()}
                     lines.append(f"| {model} | {row['depth']:.3f} (L{row['layer']}) | {variant} | {c['lookalike']:.3f} "
-                                 f"({c['lookalike_matched']}) | {c['traffic']:.3f} ({c['traffic_matched']}) | "
+                                 f"({c['lookalike_matched']}){ci.get('lookalike', '')} | {c['traffic']:.3f} "
+                                 f"({c['traffic_matched']}){ci.get('traffic', '')} | "
                                  f"{c['rho_length']:+.2f} | {c['flag_harmful']:.1%} / {c['flag_lookalike']:.1%} | "
                                  + " / ".join(f"{p:.0%}" for p in c["demo_percentile"].values()) + " |")
     return "\n".join(lines) + "\n"

@@ -100,7 +100,8 @@ def test_strict_turns_warnings_into_a_failed_rollout(tmp_path: Path, pack: tuple
 
 def test_the_adapt_command_uses_options_the_cli_has() -> None:
     values = {"pack": {"source": "adapt", "adapt": {"bundle": {"path": "/opt/bundle"}, "dataPath": "/data",
-                                                     "layer": 3, "method": "adjoint", "engine": "vllm"}}}
+                                                     "layer": 3, "method": "adjoint", "engine": "vllm",
+                                                     "whitenWith": "builtin", "whitenAxes": "refusal,jailbreak"}}}
     [adapt, _] = pod_spec(render(values))["initContainers"]
     program, subcommand, bundle, *options = adapt["command"]
     assert (program, subcommand, bundle) == ("axisguard", "adapt", "/opt/bundle")
@@ -109,6 +110,7 @@ def test_the_adapt_command_uses_options_the_cli_has() -> None:
     usage = subprocess.run([axisguard, "adapt", "--help"], capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0, usage.stderr
     flags = [o for o in options if o.startswith("--")]
-    assert {"--target", "--method", "--engine", "--data", "--layer", "--out"} <= set(flags)
+    assert {"--target", "--method", "--engine", "--data", "--layer", "--whiten-with", "--whiten-axes", "--out"} <= set(flags)
+    assert options[options.index("--whiten-axes") + 1] == "refusal,jailbreak"
     for flag in flags:
         assert flag in usage.stdout, f"`axisguard adapt` has no {flag} option"
