@@ -79,7 +79,8 @@ axis at the layer `adapt` picks; `per_axis`: each axis at its own label-free lay
 (`probes/layer_selection.py`). `before` = catalogue at the start of issue #9, `after` = reworked,
 `depth` = reworked with refusal read at a quarter of the depth (its card's `read_depth`, the shipped rule),
 `round3` = the shipped catalogue, `length` = the same against benign sets as long as real traffic (the
-honest numbers: the earlier runs' refusal AUROCs are inflated by prompt length)."""
+honest numbers: the earlier runs' refusal AUROCs are inflated by prompt length). Refusal whitened against
+everyday traffic (the opt-in `adapt --whiten-with`) is not a run here: `whitening_{dev,final}.md` there."""
 
 
 def length_auroc(pairs) -> float:
