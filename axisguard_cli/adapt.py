@@ -91,7 +91,7 @@ def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, white
     if whiten:
         from probes.traffic_whitening import whiten_pack
 
-        pack = whiten_pack(pack, whiten, acts.extra, acts.anchors, whiten_ridge)
+        pack = whiten_pack(pack, whiten, acts.extra, acts.anchors, whiten_ridge, prompts=ordinary)
         for axis, r in pack.diagnostics["traffic_whitening"].items():
             console.print(f"  whitened {axis:<18} against {r['prompts']} ordinary prompts at layer {r['layer']} "
                           f"(ridge {r['ridge']:g}; cosine to the plain axis {r['cos_to_plain']:.2f})")

@@ -64,6 +64,13 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     source = Path(prompts_file) if prompts_file else BENIGN_TRAFFIC
     prompts = read_prompts(source, half)
     positives = read_prompts(positives_file) if positives_file else []
+    from probes.traffic_whitening import whitened_on
+
+    for axis, seen in whitened_on(pack, prompts).items():
+        if seen:  # in-sample: whitening shrank these prompts' spread along the axis, so thresholds come out low
+            click.echo(f"warning: {seen} of these {len(prompts)} prompts were used to whiten {axis} "
+                       "(adapt --whiten-with); its thresholds are in-sample and will flag more than the requested "
+                       "rate on new traffic. Whiten and set thresholds on disjoint samples (e.g. --half).", err=True)
     loaded = load_model(model_spec)
     pack.check_model(loaded.hidden_size, loaded.num_layers, loaded.architecture)
     needs_generation = any(r.rule.score != "prompt" for r in rules)

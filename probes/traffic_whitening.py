@@ -17,6 +17,7 @@ toward ``v`` as it grows (``ridge -> inf`` gives ``v``). Only unlabelled benign 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -51,10 +52,25 @@ def whiten_direction(vector: np.ndarray, benign: np.ndarray, ridge: float = DEFA
     return w / np.linalg.norm(w)
 
 
+def prompt_keys(prompts: list[str]) -> list[str]:
+    """Short per-prompt fingerprints (first 12 hex digits of sha256), stored in the pack so that
+    `axisguard thresholds` can tell when it is handed the prompts an axis was whitened on."""
+    return [hashlib.sha256(p.encode("utf-8")).hexdigest()[:12] for p in prompts]
+
+
+def whitened_on(pack: AxisPack, prompts: list[str]) -> dict[str, int]:
+    """{axis: how many of ``prompts`` that axis was whitened on} for the pack's whitened axes."""
+    keys = set(prompt_keys(prompts))
+    report = pack.diagnostics.get("traffic_whitening", {})
+    return {axis: len(keys & set(r.get("prompt_keys", []))) for axis, r in report.items()}
+
+
 def whiten_pack(pack: AxisPack, axes: list[str], benign_by_layer: dict[int, np.ndarray],
-                anchors_by_layer: dict[int, np.ndarray], ridge: float = DEFAULT_RIDGE) -> AxisPack:
+                anchors_by_layer: dict[int, np.ndarray], ridge: float = DEFAULT_RIDGE,
+                prompts: list[str] | None = None) -> AxisPack:
     """The pack with each of ``axes`` whitened against the benign hidden states at that axis' layer;
-    z offsets/scales re-fitted on the target's anchors there (the score keeps its meaning: anchor units)."""
+    z offsets/scales re-fitted on the target's anchors there (the score keeps its meaning: anchor units).
+    ``prompts`` (the benign texts, in order) are recorded as short fingerprints."""
     n = len(next(iter(benign_by_layer.values()))) if benign_by_layer else 0
     if n < MIN_PROMPTS:
         raise AxisguardError(f"whitening needs at least {MIN_PROMPTS} ordinary prompts, got {n}",
@@ -66,7 +82,8 @@ def whiten_pack(pack: AxisPack, axes: list[str], benign_by_layer: dict[int, np.n
         k = pack.axis_index(axis)
         layer = pack.layers_by_axis[k]
         white = whiten_direction(vectors[k], benign_by_layer[layer], ridge)
-        report[axis] = {"prompts": n, "ridge": ridge, "layer": layer, "cos_to_plain": round(float(white @ vectors[k]), 4)}
+        report[axis] = {"prompts": n, "ridge": ridge, "layer": layer, "cos_to_plain": round(float(white @ vectors[k]), 4),
+                        "prompt_keys": prompt_keys(prompts or [])}
         scorer = AnchorZScorer(white[None]).fit(np.asarray(anchors_by_layer[layer], np.float64))
         vectors[k], offset[k], scale[k] = white, scorer.offset_[0], scorer.scale_[0]
     return dataclasses.replace(

@@ -13,6 +13,10 @@ where ``make demo``'s three prompts fall among the scored everyday half (percent
     python -m scripts.refusal_whitening --split final --depths 0.25,0.625 --ridges 1
     python -m scripts.refusal_whitening --split dev --ridges 1 --sample catalogue_benign   # -> whitening_catalogue_benign_dev.*
 
+``--in-sample`` instead checks what happens when thresholds are set on the very prompts an axis was
+whitened on (``axisguard thresholds`` warns about it): whiten on half ``a``, set the 1 % / 5 % thresholds on
+half ``a``, apply them to half ``b`` (-> ``whitening_in_sample.md``).
+
 ``--sample catalogue_benign`` whitens on the target's hidden states of the benign sides of the refusal
 catalogue's calibration pairs instead (our look-alike-style prompts, no harmful ones): does the covariance of
 benign prompts *near* the boundary help against look-alikes the way everyday traffic's helps against everyday?
@@ -111,6 +115,33 @@ def run(split: str, depths: list[float], ridges: list[float], models: str, sampl
     return out
 
 
+def in_sample_check(models: str, depths: list[float]) -> str:
+    """Markdown: flag rates on everyday half ``b`` of thresholds set on half ``a``, plain vs whitened on ``a``."""
+    from probes.external_data import benign_traffic
+
+    catalogue = load_catalogue()
+    acts = [collect_activations(m, catalogue) for m in models.split(",")]
+    half_a, half_b = benign_traffic("a"), benign_traffic("b")
+    lines = ["# Thresholds set on the prompts an axis was whitened on", "",
+             "`python -m scripts.refusal_whitening --in-sample`: refusal axis (leave-one-family-out), thresholds at 1 % "
+             "and 5 % of everyday half `a`, flag rate on half `b`; whitened = whitened on half `a` (ridge 1). "
+             "sd = standard deviation of z on each half.", "",
+             "| model | depth (layer) | axis | 1 %: on `a` -> on `b` | 5 %: on `a` -> on `b` | sd on `a` / `b` |",
+             "|---|---|---|---|---|---|"]
+    for i, target in enumerate(acts):
+        hidden = extract_activations(load_model(target.info.name), half_a + half_b, target.layers, cache=ActivationCache())
+        for depth in depths:
+            layer, base = axis_at_depth(acts, i, depth)
+            on_a, on_b = hidden[layer][:len(half_a)], hidden[layer][len(half_a):]
+            for label, vector in (("plain", base.vectors[0]), ("whitened", whiten_direction(base.vectors[0], on_a, 1.0))):
+                scorer = AnchorZScorer(vector[None]).fit(target.anchors[layer].astype(np.float64))
+                za, zb = scorer.transform(on_a)[:, 0], scorer.transform(on_b)[:, 0]
+                rates = [(np.mean(za > threshold_at_fpr(za, f)), np.mean(zb > threshold_at_fpr(za, f))) for f in (0.01, 0.05)]
+                lines.append(f"| {target.info.name} | {depth:.3f} (L{layer}) | {label} | "
+                             + " | ".join(f"{a:.1%} -> {b:.1%}" for a, b in rates) + f" | {za.std():.2f} / {zb.std():.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Refusal whitened against everyday traffic ({result['split'].upper()})", "",
              f"`python -m scripts.refusal_whitening --split {result['split']} --sample {result['sample']}`; whitening sample: "
@@ -167,9 +198,15 @@ def plot(result: dict, path: Path) -> None:
 @click.option("--ridges", default="0.1,1,10", show_default=True)
 @click.option("--sample", type=click.Choice(["everyday", "catalogue_benign"]), default="everyday", show_default=True,
               help="What to whiten on (see module docstring).")
+@click.option("--in-sample", is_flag=True, help="Only the in-sample threshold check (see module docstring).")
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--out", default="bench/results/external", show_default=True)
-def main(split: str, depths: str, ridges: str, sample: str, models: str, out: str) -> None:
+def main(split: str, depths: str, ridges: str, sample: str, in_sample: bool, models: str, out: str) -> None:
+    if in_sample:
+        text = in_sample_check(models, [0.25, 0.625])
+        Path(out, "whitening_in_sample.md").write_text(text)
+        click.echo(text)
+        return
     result = run(split, [float(d) for d in depths.split(",")], [float(r) for r in ridges.split(",")], models, sample)
     stem = "whitening" if sample == "everyday" else f"whitening_{sample}"
     folder = Path(out)

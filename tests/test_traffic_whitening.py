@@ -9,8 +9,10 @@ from click.testing import CliRunner
 
 from axisguard_cli.main import cli
 from guard.pack import AxisPack
-from probes.traffic_whitening import whiten_direction
+from integrations.tiny_models import build_tiny_model
+from probes.traffic_whitening import whiten_direction, whiten_pack, whitened_on
 from tests.test_few_shot import tiny_families
+from tests.test_hf_guard import pack_for
 
 
 def test_isotropic_traffic_leaves_the_direction_alone():
@@ -80,3 +82,30 @@ def test_adapt_whitens_only_the_named_axes_and_refuses_bad_requests(tmp_path, ax
     traffic.write_text("just one ordinary prompt\n")
     few = runner.invoke(cli, [*adapt, "--whiten-with", str(traffic), "--out", str(tmp_path / "y")])
     assert few.exit_code == 2 and "at least 50" in few.output
+
+
+def test_thresholds_warn_when_given_the_prompts_an_axis_was_whitened_on(tmp_path):
+    # Thresholds set on the whitening sample itself flag more than asked on new traffic (measured 2-7 % for
+    # 1 %: bench/results/external/whitening_in_sample.md), so the CLI must say so; a disjoint sample is silent.
+    loaded = build_tiny_model("llama", 64, num_layers=4, seed=5, save_to=tmp_path / "model")
+    pack = pack_for(loaded)
+    whitened = [f"please help me plan item {i}" for i in range(60)]
+    benign = np.random.default_rng(4).normal(size=(60, loaded.hidden_size))
+    anchors = {pack.layer: np.random.default_rng(5).normal(size=(40, loaded.hidden_size))}
+    pack = whiten_pack(pack, ["refusal"], {pack.layer: benign}, anchors, prompts=whitened)
+    assert whitened_on(pack, whitened[:10] + ["something else"]) == {"refusal": 10}
+    pack_dir = pack.save(tmp_path / "pack")
+
+    def thresholds(prompts: list[str]):
+        path = tmp_path / "prompts.txt"
+        path.write_text("\n".join(prompts) + "\n")
+        return CliRunner().invoke(cli, ["thresholds", "--model", str(tmp_path / "model"), "--pack", str(pack_dir),
+                                        "--prompts", str(path), "--fpr", "0.1", "--new-tokens", "1",
+                                        "--out", str(tmp_path / "policy.yaml")])
+
+    reused = thresholds(whitened[:20])
+    assert reused.exit_code == 0, reused.output
+    assert "20 of these 20 prompts were used to whiten refusal" in reused.output
+    fresh = thresholds([f"what should I cook on day {i}" for i in range(20)])
+    assert fresh.exit_code == 0, fresh.output
+    assert "were used to whiten" not in fresh.output
