@@ -110,7 +110,8 @@ def _reconstructed(target: ModelActivations, sources: list[ModelActivations],
     return reconstruct(space, canonical_axes(projected).axes, "ridge").vectors[0]
 
 
-def _by_kind(prompts, layer: int, target: ModelActivations, vector: np.ndarray, split: str) -> None:
+def by_kind(prompts, layer: int, target: ModelActivations, vector: np.ndarray, split: str) -> None:
+    """Per kind of look-alike: mean z and AUROC of the harmful requests against that kind (printed)."""
     scorer = AnchorZScorer(vector[None]).fit(target.anchors[layer].astype(np.float64))
     z = {side: scorer.transform(getattr(prompts, side)[layer])[:, 0] for side in ("pos", "neg")}
     kind_of = {row["text"]: row["kind"] for row in lookalikes(split)}
@@ -283,7 +284,7 @@ def main(variant: str, split: str, models: str, acs_data: str) -> None:
         variants: dict[str, tuple[np.ndarray, Callable]] = {}
         cosine = _score_functions(target.anchors[layer].astype(np.float64))["cosine (shipped)"]
         if variant == "kinds":
-            _by_kind(ext[f"refusal_vs_lookalike_{split}"], layer, target,
+            by_kind(ext[f"refusal_vs_lookalike_{split}"], layer, target,
                      _reconstructed(target, sources, {s: p.mean(0) - n.mean(0) for s, (p, n) in ours.items()}), split)
             continue
         if variant == "estimators":

@@ -17,6 +17,9 @@ where ``make demo``'s three prompts fall among the scored everyday half (percent
 whitened on (``axisguard thresholds`` warns about it): whiten on half ``a``, set the 1 % / 5 % thresholds on
 half ``a``, apply them to half ``b`` (-> ``whitening_in_sample.md``).
 
+``--kinds`` prints, on DEV at 5/8 depth, the plain and the whitened axis per kind of look-alike (mean z,
+AUROC of the harmful requests against that kind; ``scripts.refusal_variants.by_kind``).
+
 ``--sample catalogue_benign`` whitens on the target's hidden states of the benign sides of the refusal
 catalogue's calibration pairs instead (our look-alike-style prompts, no harmful ones): does the covariance of
 benign prompts *near* the boundary help against look-alikes the way everyday traffic's helps against everyday?
@@ -115,6 +118,22 @@ def run(split: str, depths: list[float], ridges: list[float], models: str, sampl
     return out
 
 
+def kinds_view(models: str, depth: float = 0.625) -> None:
+    """Per look-alike kind, plain vs whitened (on everyday half ``b``), DEV."""
+    from scripts.refusal_variants import by_kind
+
+    acts = [collect_activations(m, load_catalogue()) for m in models.split(",")]
+    look = next(s for s in scored_sets("dev") if s.name == "refusal_vs_lookalike_dev")
+    whitening = next(s for s in scored_sets("final") if s.name.startswith("refusal_vs_traffic"))
+    for i, target in enumerate(acts):
+        layer, base = axis_at_depth(acts, i, depth)
+        prompts = external_activations(target.info.name, [look], [layer])[0]
+        benign = external_activations(target.info.name, [whitening], [layer])[0].neg[layer]
+        for label, vector in (("plain", base.vectors[0]), ("whitened", whiten_direction(base.vectors[0], benign, 1.0))):
+            click.echo(f"-- {label}, depth {depth}")
+            by_kind(prompts, layer, target, vector, "dev")
+
+
 def in_sample_check(models: str, depths: list[float]) -> str:
     """Markdown: flag rates on everyday half ``b`` of thresholds set on half ``a``, plain vs whitened on ``a``."""
     from probes.external_data import benign_traffic
@@ -199,9 +218,13 @@ def plot(result: dict, path: Path) -> None:
 @click.option("--sample", type=click.Choice(["everyday", "catalogue_benign"]), default="everyday", show_default=True,
               help="What to whiten on (see module docstring).")
 @click.option("--in-sample", is_flag=True, help="Only the in-sample threshold check (see module docstring).")
+@click.option("--kinds", is_flag=True, help="Only the per-look-alike-kind view on DEV (see module docstring).")
 @click.option("--models", default=MODELS, show_default=True)
 @click.option("--out", default="bench/results/external", show_default=True)
-def main(split: str, depths: str, ridges: str, sample: str, in_sample: bool, models: str, out: str) -> None:
+def main(split: str, depths: str, ridges: str, sample: str, in_sample: bool, kinds: bool, models: str, out: str) -> None:
+    if kinds:
+        kinds_view(models)
+        return
     if in_sample:
         text = in_sample_check(models, [0.25, 0.625])
         Path(out, "whitening_in_sample.md").write_text(text)
