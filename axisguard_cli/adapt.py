@@ -68,12 +68,10 @@ def command(bundle_dir, target, data_dir, method, layer, pairs_dir, shots, white
     if whiten_file:
         from axisguard_cli.generate import read_prompts
         from probes.catalogue import BENIGN_TRAFFIC
-        from probes.traffic_whitening import MIN_PROMPTS
+        from probes.traffic_whitening import require_enough_prompts
 
         ordinary = read_prompts(BENIGN_TRAFFIC if whiten_file == "builtin" else whiten_file)
-        if len(ordinary) < MIN_PROMPTS:  # refuse before the model runs
-            raise AxisguardError(f"--whiten-with needs at least {MIN_PROMPTS} ordinary prompts, {whiten_file} has {len(ordinary)}",
-                                 "pass a larger sample of your everyday traffic, or 'builtin' (473 requests)")
+        require_enough_prompts(len(ordinary))  # before the model runs
     acts = collect_activations(target, catalogue, layers=[layer] if layer is not None else None,
                                anchors_only=pairs_dir is None, splits=("calibration",), engine=engine,
                                use_chat_template=chat_template, batch_size=batch_size, extra_prompts=ordinary)

@@ -44,6 +44,7 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     from probes.policies import default_policy, default_policy_text
     from probes.policy_writer import threshold_comment, write_thresholds
     from probes.traffic_thresholds import policy_thresholds
+    from probes.traffic_whitening import whitened_on
 
     pack = AxisPack.load(pack_dir)
     if policy_file:
@@ -64,8 +65,6 @@ def command(model_spec, pack_dir, prompts_file, half, fpr, policy_file, positive
     source = Path(prompts_file) if prompts_file else BENIGN_TRAFFIC
     prompts = read_prompts(source, half)
     positives = read_prompts(positives_file) if positives_file else []
-    from probes.traffic_whitening import whitened_on
-
     for axis, seen in whitened_on(pack, prompts).items():
         if seen:  # in-sample: whitening shrank these prompts' spread along the axis, so thresholds come out low
             click.echo(f"warning: {seen} of these {len(prompts)} prompts were used to whiten {axis} "

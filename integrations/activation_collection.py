@@ -77,12 +77,10 @@ def collect_activations(
     def take(key: tuple[str, str, str]) -> dict[int, np.ndarray]:
         return {layer: acts[layer][where[key]] for layer in chosen}
 
-    out = ModelActivations(info=info, anchors=take(("anchors", "", "")))
+    out = ModelActivations(info=info, anchors=take(("anchors", "", "")),
+                           extra=take(("extra", "", "")) if extra_prompts else {})
     for (split, axis, side) in where:
-        if split == "anchors":
-            continue
-        if split == "extra":
-            out.extra = take(("extra", "", ""))
+        if split in ("anchors", "extra"):
             continue
         target = {("calibration", "positive"): out.pos, ("calibration", "negative"): out.neg,
                   ("test", "positive"): out.test_pos, ("test", "negative"): out.test_neg}[(split, side)]

@@ -28,6 +28,8 @@ from guard.scoring import AnchorZScorer
 DEFAULT_RIDGE = 1.0
 # Below this many ordinary prompts the covariance says little beyond the ridge; refuse rather than pretend.
 MIN_PROMPTS = 50
+# pack.diagnostics key of the whitening sample's fingerprints: one list for every axis whitened in one pass
+PROMPT_KEYS = "traffic_whitening_prompt_keys"
 
 
 def traffic_covariance(benign: np.ndarray) -> np.ndarray:
@@ -60,9 +62,15 @@ def prompt_keys(prompts: list[str]) -> list[str]:
 
 def whitened_on(pack: AxisPack, prompts: list[str]) -> dict[str, int]:
     """{axis: how many of ``prompts`` that axis was whitened on} for the pack's whitened axes."""
-    keys = set(prompt_keys(prompts))
-    report = pack.diagnostics.get("traffic_whitening", {})
-    return {axis: len(keys & set(r.get("prompt_keys", []))) for axis, r in report.items()}
+    seen = len(set(prompt_keys(prompts)) & set(pack.diagnostics.get(PROMPT_KEYS, [])))
+    return {axis: seen for axis in pack.diagnostics.get("traffic_whitening", {})}
+
+
+def require_enough_prompts(n: int) -> None:
+    """Refuse a whitening sample too small to say more than the ridge does (checked before any model runs)."""
+    if n < MIN_PROMPTS:
+        raise AxisguardError(f"whitening needs at least {MIN_PROMPTS} ordinary prompts, got {n}",
+                             "pass a larger sample of your everyday traffic, or 'builtin' (473 requests)")
 
 
 def whiten_pack(pack: AxisPack, axes: list[str], benign_by_layer: dict[int, np.ndarray],
@@ -72,9 +80,7 @@ def whiten_pack(pack: AxisPack, axes: list[str], benign_by_layer: dict[int, np.n
     z offsets/scales re-fitted on the target's anchors there (the score keeps its meaning: anchor units).
     ``prompts`` (the benign texts, in order) are recorded as short fingerprints."""
     n = len(next(iter(benign_by_layer.values()))) if benign_by_layer else 0
-    if n < MIN_PROMPTS:
-        raise AxisguardError(f"whitening needs at least {MIN_PROMPTS} ordinary prompts, got {n}",
-                             "pass a larger sample of your everyday traffic (the built-in one has 473)")
+    require_enough_prompts(n)
     vectors = np.array(pack.vectors, np.float64)
     offset, scale = np.array(pack.score_offset, np.float64), np.array(pack.score_scale, np.float64)
     report = {}
@@ -82,11 +88,11 @@ def whiten_pack(pack: AxisPack, axes: list[str], benign_by_layer: dict[int, np.n
         k = pack.axis_index(axis)
         layer = pack.layers_by_axis[k]
         white = whiten_direction(vectors[k], benign_by_layer[layer], ridge)
-        report[axis] = {"prompts": n, "ridge": ridge, "layer": layer, "cos_to_plain": round(float(white @ vectors[k]), 4),
-                        "prompt_keys": prompt_keys(prompts or [])}
+        report[axis] = {"prompts": n, "ridge": ridge, "layer": layer, "cos_to_plain": round(float(white @ vectors[k]), 4)}
         scorer = AnchorZScorer(white[None]).fit(np.asarray(anchors_by_layer[layer], np.float64))
         vectors[k], offset[k], scale[k] = white, scorer.offset_[0], scorer.scale_[0]
     return dataclasses.replace(
         pack, vectors=vectors.astype(np.float32), score_offset=offset.astype(np.float32),
-        score_scale=scale.astype(np.float32), diagnostics={**pack.diagnostics, "traffic_whitening": report},
+        score_scale=scale.astype(np.float32),
+        diagnostics={**pack.diagnostics, "traffic_whitening": report, PROMPT_KEYS: prompt_keys(prompts or [])},
     )
