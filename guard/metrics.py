@@ -51,6 +51,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from guard.step_metrics import MetricTotals
+
 INF = math.inf
 Z_BUCKETS: tuple[float, ...] = (-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, INF)
 SECONDS_BUCKETS: tuple[float, ...] = (
@@ -211,6 +213,20 @@ class GuardMetrics:
 
     def set_drift(self, value: float) -> None:
         self._f.drift.labels(self.model_name).set(value)
+
+    def push_totals(self, totals: MetricTotals, axis_names: Sequence[str], steered: Sequence[tuple[str, str, int]]) -> None:
+        """One flush of the guard's device-side accumulators (``guard.step_metrics``): score histograms,
+        token counts, steered tokens per (axis, method) and the drift gauge (RMS z over all axes)."""
+        for i, axis in enumerate(axis_names):
+            if any(totals.buckets[i]):
+                self.observe_scores(axis, totals.buckets[i], totals.sums[i])
+        self.inc_tokens("prompt", totals.prompt_tokens)
+        self.inc_tokens("generation", totals.generated_tokens)
+        for axis, method, n in steered:
+            self.inc_steered_tokens(axis, method, n)
+        scored = totals.prompt_tokens + totals.generated_tokens
+        if scored:
+            self.set_drift(math.sqrt(totals.squares / (scored * len(axis_names))))
 
 
 def multiprocess_exposition() -> bytes:

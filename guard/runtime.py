@@ -33,11 +33,12 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from guard.deferred_flag import DeferredFlag
+from guard.error_handler import ErrorHandler
 from guard.fault_injection import FaultInjection
 from guard.metrics import GuardMetrics
 from guard.monitor import Monitor
@@ -45,23 +46,14 @@ from guard.overrides import resolve_overrides
 from guard.pack import AxisPack
 from guard.policy import Policy
 from guard.policy_check import ResolvedRule, require_runnable
+from guard.request_table import RequestTable
 from guard.rows import RowMap, StepIndex
-from guard.steering import SteerOp, z_to_cosine
+from guard.step_steering import StepSteering
 from guard.verdict import SHADOWED, Verdict, assemble_verdict
 
 __all__ = ["Guard", "RowMap", "Verdict"]  # what adapters import from here
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Request:
-    slot: int
-    stopped: bool = False
-    error_stop: bool = False
-    steering: bool = False
-    shadow: bool = False
-    errors: int = 0
 
 
 class Guard:
@@ -95,28 +87,18 @@ class Guard:
         self.score_layer = self.score_layers[-1]
         self._score_set = set(self.score_layers)
         self._z_step: torch.Tensor | None = None
-        self._steer_rules = [r for r in self.rules if r.steer_axis_index is not None]
-        self._steer_by_layer: dict[int, list[int]] = {}
-        for r in self._steer_rules:
-            for layer in r.steer_layers:
-                self._steer_by_layer.setdefault(layer, []).append(r.index)
-        self.layers: list[int] = sorted({*self.score_layers, *self._steer_by_layer})
+        self._steering = StepSteering(self.rules, self.monitor)
+        self.layers: list[int] = sorted({*self.score_layers, *self._steering.by_layer})
         self._layer_set = set(self.layers)
-        self._first_steer_layer = {r.index: min(r.steer_layers) for r in self._steer_rules}
-        self._ops: dict[int, SteerOp] = {}
-        self._build_ops(torch.device("cpu"))
-        self._requests: dict[str, _Request] = {}
-        self._slot_owner: dict[int, str] = {}
+        self._requests = RequestTable()
         self._lock = threading.RLock()
-        self._logged: set[tuple[str, str]] = set()
+        self._errors = ErrorHandler(metrics)
         self._index_cache: tuple[Any, ...] | None = None
         self._last_layer = math.inf
         self._row_steer: torch.Tensor | None = None
         self._defer_setting = defer_events
         self._defer = bool(defer_events)
-        self._flag_host = torch.zeros(1, dtype=torch.bool)
-        self._flag_event: Any = None
-        self._flag_pending = False
+        self._flag = DeferredFlag()
         self._steps = 0
         self._fault = FaultInjection.from_env()  # test-only (AXISGUARD_TEST_FAULT); None in production
         self._fault_steps = 0
@@ -130,27 +112,12 @@ class Guard:
 
     # --- set-up ------------------------------------------------------------------------------------
 
-    def _build_ops(self, device: torch.device) -> None:
-        m = self.monitor
-        for r in self._steer_rules:
-            steer = r.rule.steer
-            k = r.steer_axis_index
-            assert steer is not None and k is not None  # _steer_rules holds steer rules only
-            target = None
-            if steer.method == "clamp" and r.clamp_target_z is not None:
-                target = float(z_to_cosine(r.clamp_target_z, m.offset[k].item(), m.scale[k].item()))
-            self._ops[r.index] = SteerOp(
-                method=steer.method, direction=m.vectors[k].to(device), strength=steer.strength,
-                relative=steer.relative, mean=m.axis_anchor_mean[k].to(device), target_cos=target, side=steer.side,
-            )
-
     def _move_to(self, device: torch.device) -> None:
         self.monitor.to(device)
-        self._build_ops(device)
+        self._steering.build(device)
         self._index_cache = None
         self._defer = device.type != "cpu" if self._defer_setting is None else bool(self._defer_setting)
-        if device.type == "cuda":
-            self._flag_host = torch.zeros(1, dtype=torch.bool).pin_memory()
+        self._flag.use_device(device)
 
     def _resolve_threshold(self, resolved: ResolvedRule, value: float | str) -> float:
         if value == "auto":
@@ -168,8 +135,7 @@ class Guard:
             if request_id in self._requests:
                 self._drop(request_id)
             slot = self.monitor.allocate(resolved, self._resolve_threshold)
-            self._requests[request_id] = _Request(slot, shadow=(resolved.mode or self.policy.mode) == "shadow")
-            self._slot_owner[slot] = request_id
+            self._requests.add(request_id, slot, shadow=(resolved.mode or self.policy.mode) == "shadow")
             if self.metrics is not None:
                 self.metrics.set_active(len(self._requests))
 
@@ -195,9 +161,7 @@ class Guard:
             return verdict
 
     def _drop(self, request_id: str) -> None:
-        req = self._requests.pop(request_id)
-        self._slot_owner.pop(req.slot, None)
-        self.monitor.release(req.slot)
+        self.monitor.release(self._requests.pop(request_id).slot)
 
     def active_requests(self) -> int:
         return len(self._requests)
@@ -296,12 +260,7 @@ class Guard:
         self._steps_since_flush += 1
         if self.rules:
             if self._defer:
-                pending = self.monitor.unreported_flag()
-                self._flag_host.copy_(pending.reshape(1), non_blocking=True)
-                if self.monitor.device.type == "cuda":
-                    self._flag_event = torch.cuda.Event()
-                    self._flag_event.record()
-                self._flag_pending = True
+                self._flag.post(self.monitor.unreported_flag())
             elif bool(fired_now.any()):
                 self._drain()
         if self.metrics is not None and (
@@ -312,22 +271,14 @@ class Guard:
 
     def _steer(self, layer: int, flat: torch.Tensor, h32: torch.Tensor | None, ix: StepIndex,
                rows: RowMap) -> torch.Tensor | None:
-        rule_ids = self._steer_by_layer.get(layer)
-        if not rule_ids or not self._may_steer(rows, layer):
+        if layer not in self._steering.by_layer or not self._may_steer(rows, layer):
             return None
         if layer >= self.score_layer and self._row_steer is not None:
             active = self._row_steer
         else:
             active = self.monitor.rows_to_steer(ix)
         h = h32 if h32 is not None else flat.float()
-        strength = self.monitor.steer_strength(ix)
-        delta = None
-        for r in rule_ids:
-            mask = active[:, r]
-            d = torch.where(mask.unsqueeze(1), self._ops[r].delta(h, strength[:, r]), 0.0)
-            delta = d if delta is None else delta + d
-            if layer == self._first_steer_layer[r]:
-                self.monitor.metrics.count_steered(r, mask)
+        delta = self._steering.delta(layer, h, active, self.monitor.steer_strength(ix))
         if delta is None:
             return None
         # A non-finite row (a broken forward, or an injected fault) must not spread into the stream.
@@ -335,7 +286,7 @@ class Guard:
 
     def _may_steer(self, rows: RowMap, layer: int) -> bool:
         """Host-side shortcut: skip steering work when no request of this step can be steered."""
-        if self._defer and (layer >= self.score_layer or self._flag_pending):
+        if self._defer and (layer >= self.score_layer or self._flag.pending):
             return True  # this step's (or an unread) firing is not known on the host yet
         for request_id in rows.request_ids:
             req = self._requests.get(request_id)
@@ -347,18 +298,13 @@ class Guard:
 
     def _poll(self) -> None:
         """Deferred mode: act on the last copied 'something fired' flag once it has arrived."""
-        if not self._flag_pending:
-            return
-        if self._flag_event is not None and not self._flag_event.query():
-            return
-        self._flag_pending = False
-        if bool(self._flag_host[0]):
+        if self._flag.take():
             self._drain()
 
     def _drain(self) -> None:
         """Read newly fired rules back to the host: stops, steering flags, action counters."""
         for event in self.monitor.take_fired():
-            request_id = self._slot_owner.get(event.slot)
+            request_id = self._requests.owner(event.slot)
             if request_id is None:
                 continue
             req = self._requests[request_id]
@@ -381,23 +327,7 @@ class Guard:
 
     def _on_error(self, stage: str, exc: BaseException, request_ids: Any) -> None:
         try:
-            if self.metrics is not None:
-                self.metrics.inc_error(stage)
-            kind = (stage, type(exc).__name__)
-            mode = self.policy.on_error
-            if kind not in self._logged:
-                self._logged.add(kind)
-                log.warning("axisguard: %s error in stage %r (%s); the step's requests %s; further %s errors "
-                            "in this stage are counted, not logged", type(exc).__name__, stage, exc,
-                            "will stop (fail_closed)" if mode == "fail_closed" else "continue unguarded",
-                            type(exc).__name__, exc_info=exc)
-            for request_id in list(request_ids):
-                req = self._requests.get(request_id)
-                if req is None:
-                    continue
-                req.errors += 1
-                if mode == "fail_closed":
-                    req.stopped = req.error_stop = True
+            self._errors.handle(stage, exc, self._requests.known(list(request_ids)), self.policy.on_error)
         except Exception:  # pragma: no cover - the error path itself must never raise
             pass
 
@@ -409,19 +339,11 @@ class Guard:
             return
         try:
             totals = self.monitor.metrics.take_totals()
-            for i, axis in enumerate(self.monitor.axis_names):
-                if any(totals.buckets[i]):
-                    self.metrics.observe_scores(axis, totals.buckets[i], totals.sums[i])
-            self.metrics.inc_tokens("prompt", totals.prompt_tokens)
-            self.metrics.inc_tokens("generation", totals.generated_tokens)
-            for r in self._steer_rules:
+            steered = []
+            for r in self._steering.rules:
                 assert r.rule.steer is not None and r.steer_axis_index is not None
-                self.metrics.inc_steered_tokens(
-                    self.pack.axis_names[r.steer_axis_index], r.rule.steer.method, totals.steered[r.index]
-                )
-            scored = totals.prompt_tokens + totals.generated_tokens
-            if scored:
-                self.metrics.set_drift(math.sqrt(totals.squares / (scored * self.monitor.num_axes)))
+                steered.append((self.pack.axis_names[r.steer_axis_index], r.rule.steer.method, totals.steered[r.index]))
+            self.metrics.push_totals(totals, self.monitor.axis_names, steered)
         except Exception as exc:
             self._on_error("metrics", exc, [])
         finally:
