@@ -17,6 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from guard.policy import Policy
+from probes.policies import policy_or_default
 from scripts.guarded_server import GuardedServer
 
 PROMPTS = {
@@ -37,6 +39,18 @@ def verdict_table(verdict: dict) -> Table:
     return table
 
 
+def prompt_rules_line(policy: Policy, verdict: dict) -> str:
+    """How far each prompt rule's axis was from its threshold (why a request was or was not acted on)."""
+    parts = []
+    for rule in policy.rules:
+        score = verdict["scores"].get(rule.axis, {}).get("prompt")
+        if rule.score != "prompt" or score is None or isinstance(rule.threshold, str):
+            continue
+        mark = "[bold red]>=[/]" if score >= rule.threshold else "<"
+        parts.append(f"{rule.name}: {rule.axis} {score:+.2f} {mark} {rule.threshold:+.2f}")
+    return "prompt rules: " + "; ".join(parts) if parts else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -52,6 +66,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         # vLLM's CPU backend would reserve most of the host's memory for KV cache; the zoo's weights are float32.
         vllm_args += ["--kv-cache-memory-bytes", str(2 << 30), "--dtype", "float32"]
+    policy = policy_or_default(args.policy)
     with GuardedServer(args.model, args.pack, args.policy, vllm_args=vllm_args, log_path=log) as server:
         console.print(f"[green]up[/] at {server.base_url}\n")
         for kind, text in PROMPTS.items():
@@ -69,6 +84,12 @@ def main() -> None:
             console.print(f"[bold]verdict:[/] actions={verdict['actions'] or ['none']} steered={verdict['steered']} "
                           f"stopped={verdict['stopped']}" + (f"  fired: {fired}" if fired else ""))
             console.print(verdict_table(verdict))
+            if line := prompt_rules_line(policy, verdict):
+                console.print(line)
+        if args.policy is None:
+            console.print("\n[dim]The default thresholds flag 1 % of everyday requests on qwen2.5-0.5b (`make default-thresholds`). The "
+                          "label-free refusal axis is a weak harmful-request detector on models this small: see the README, "
+                          "'On data nobody here wrote'.[/]")
         console.rule("axisguard_ lines of /metrics")
         for line in server.metrics().splitlines():
             if line.startswith("axisguard_") and "_bucket{" not in line:  # histogram buckets: too long to show
