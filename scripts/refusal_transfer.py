@@ -11,8 +11,9 @@
   target's anchors; it lands much closer to the target's native direction than ``lofo`` does,
 
 each with its cosine to ``native`` and its AUROC vs our look-alikes and vs everyday traffic, plus the
-cosine between the sources' anchor-coordinate profiles of refusal (do the families agree?) and between
-the target's own profile and the canonical one. If ``self`` keeps the native AUROC and ``lofo`` does not,
+cosine between the sources' anchor-coordinate profiles of refusal (do the families agree?), between
+the target's own profile and the canonical one, and the reconstruction's label-free fidelity (the LOFO
+axis' profile on the target's anchors against the canonical one; does it tell a good depth?). If ``self`` keeps the native AUROC and ``lofo`` does not,
 the anchors are not the bottleneck: the families' refusal directions differ in anchor coordinates.
 
 ``readings`` (``--split dev|final``): the shipped read (1/4 depth) against two others chosen on DEV,
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from scipy.stats import spearmanr
 
 from guard.anchor_space import AnchorSpace, unit_rows
 from guard.reconstruction import reconstruct
@@ -96,7 +98,9 @@ def transfer(acts: list[ModelActivations]) -> dict:
             sources = [_profile(s, depth) for j, s in enumerate(acts) if j != i]
             canonical = unit_rows(np.mean(sources, 0)[None])[0]
             row: dict = {"depth": depth, "layer": layer, "source_agreement": round(float(sources[0] @ sources[1]), 3),
-                         "target_vs_canonical": round(float(_profile(target, depth) @ canonical), 3)}
+                         "target_vs_canonical": round(float(_profile(target, depth) @ canonical), 3),
+                         # label-free: how well the target's anchors reproduce the canonical profile
+                         "fidelity": round(float(space.project_direction(lofo.vectors[0]) @ canonical), 3)}
             for name, v in directions.items():
                 scorer = AnchorZScorer(v[None]).fit(anchors)
                 harm, alike, everyday = (scorer.transform(x[layer])[:, 0] for x in (look.pos, look.neg, traffic.neg))
@@ -107,6 +111,8 @@ def transfer(acts: list[ModelActivations]) -> dict:
                        f"target~canon {row['target_vs_canonical']:+.2f} " + "  ".join(
                            f"{k}: cos {row[k]['cos_native']:+.2f} {row[k]['lookalike']:.3f}/{row[k]['traffic']:.3f}"
                            for k in directions))
+        rho = spearmanr([r["fidelity"] for r in rows], [r["lofo"]["lookalike"] for r in rows])[0]
+        click.echo(f"{target.info.name}: Spearman rho of fidelity with the LOFO AUROC over depths {rho:+.2f}")
         out[target.info.name] = rows
     return out
 
@@ -136,12 +142,12 @@ def transfer_markdown(result: dict) -> str:
              "cosine of the two source families' anchor-coordinate refusal profiles (agree), of the target's own profile with "
              "their mean (target~canonical); then for the target's native, self-reconstructed and leave-one-family-out "
              "directions and the anchor-weight transfer: cosine to native, AUROC vs look-alikes / vs everyday.", "",
-             "| model | depth (layer) | agree | target~canonical | native | self (300 anchors) | lofo (shipped kind) | weights |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | depth (layer) | agree | target~canonical | fidelity | native | self (300 anchors) | lofo (shipped kind) | weights |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model, rows in result.items():
         for r in rows:
             lines.append(f"| {model} | {r['depth']:.3f} (L{r['layer']}) | {r['source_agreement']:+.2f} | "
-                         f"{r['target_vs_canonical']:+.2f} | " + " | ".join(
+                         f"{r['target_vs_canonical']:+.2f} | {r['fidelity']:.2f} | " + " | ".join(
                              f"cos {r[k]['cos_native']:+.2f}: {r[k]['lookalike']:.3f} / {r[k]['traffic']:.3f}"
                              for k in ("native", "self", "lofo", "weights")) + " |")
     return "\n".join(lines) + "\n"
