@@ -85,6 +85,15 @@ def native_pack(pack: AxisPack, model: str) -> AxisPack:
     return replace(pack, vectors=vectors, score_offset=offset, score_scale=scale, method="native")
 
 
+def only_axis(pack: AxisPack, axis: str) -> AxisPack:
+    """The pack cut down to one axis (its vector, layer, constants and priors)."""
+    k = slice(pack.axis_index(axis), pack.axis_index(axis) + 1)
+    assert pack.axis_anchor_mean is not None  # set by AxisPack.__post_init__
+    return replace(pack, axes=pack.axes[k], vectors=pack.vectors[k], score_offset=pack.score_offset[k],
+                   score_scale=pack.score_scale[k], pos_mean_z=pack.pos_mean_z[k], neg_mean_z=pack.neg_mean_z[k],
+                   axis_layers=pack.layers_by_axis[k], axis_anchor_mean=pack.axis_anchor_mean[k])
+
+
 @click.command()
 @click.option("--model", default="qwen2.5-0.5b", show_default=True)
 @click.option("--pack", "pack_dir", required=True)
@@ -94,7 +103,11 @@ def native_pack(pack: AxisPack, model: str) -> AxisPack:
 @click.option("--threshold", default="auto", show_default=True,
               help="policy threshold: z, or auto (midpoint of the sources' calibrated means)")
 @click.option("--out", default="bench/results/refusal_steering", show_default=True)
-def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float, threshold: str, out: str) -> None:
+@click.option("--refusal-only", is_flag=True,
+              help="keep only the refusal axis, so the rules are judged at its own layer and steering starts in the "
+                   "step that fires (a pack with deeper axes steers below its score layer one step late)")
+def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float, threshold: str, out: str,
+         refusal_only: bool) -> None:
     threshold = threshold if threshold == "auto" else float(threshold)
     cat = load_catalogue(axes=["refusal"])
     pairs = cat.test["refusal"][:n]
@@ -102,6 +115,8 @@ def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float
     benign = [p.negative for p in pairs]
     loaded = load_model(model)
     pack = AxisPack.load(pack_dir)
+    if refusal_only:
+        pack = only_axis(pack, "refusal")
     packs = {"reconstructed": pack, "native": native_pack(pack, model)}
     conditions = {"none": None}
     for tag, p in packs.items():
@@ -125,13 +140,14 @@ def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float
         samples[name] = {"harmful": [r.text for r in res_h[:3]], "benign": [r.text for r in res_b[:3]]}
         click.echo(json.dumps(rows[-1]))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model, "pack": str(pack_dir), "pack_sources": pack.sources, "layer": pack.layers_by_axis[pack.axis_index("refusal")], "n_per_set": n,
+    meta = {"model": model, "pack": str(pack_dir), "refusal_only": refusal_only, "score_layers": pack.score_layers,
+            "pack_sources": pack.sources, "layer": pack.layers_by_axis[pack.axis_index("refusal")], "n_per_set": n,
             "max_new_tokens": max_new_tokens, "strength_relative": strength, "policy_threshold_z": threshold,
             "judge": "refusal phrase in the first 200 characters", "phrases": REFUSAL_PHRASES}
     Path(out + ".json").write_text(json.dumps({"meta": meta, "results": rows, "samples": samples}, indent=2) + "\n")
     lines = [f"# Refusal under counter-steering: {model}", "",
              f"Refusal axis calibrated on {', '.join(pack.sources)} only, reconstructed for {model} at layer {meta['layer']} "
-             f"from its anchors. {n} harmful requests in jailbreak framing and {n} benign look-alikes (catalogue refusal test "
+             f"from its anchors{' (refusal-only pack)' if refusal_only else ''}; rules judged at layer {pack.score_layers[-1]}. {n} harmful requests in jailbreak framing and {n} benign look-alikes (catalogue refusal test "
              f"split), greedy, {max_new_tokens} new tokens, `add` steering at {strength} x ||h||, policy threshold z = {threshold}. "
              "Judge: refusal phrases (see the JSON).", "",
              "| condition | harmful refused | benign refused | harmful steered | benign steered |", "|---|---|---|---|---|"]
