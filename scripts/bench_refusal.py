@@ -94,6 +94,22 @@ def only_axis(pack: AxisPack, axis: str) -> AxisPack:
                    axis_layers=pack.layers_by_axis[k], axis_anchor_mean=pack.axis_anchor_mean[k])
 
 
+def refusal_at_depth(pack: AxisPack, model: str, depth: float) -> AxisPack:
+    """A refusal-only pack re-read at ``depth``: the leave-one-family-out reconstruction of the zoo."""
+    from scripts.external_validity import MODELS
+    from scripts.refusal_length import axis_at_depth
+
+    names = MODELS.split(",")
+    acts = [collect_activations(m, load_catalogue(axes=["refusal"])) for m in names]
+    layer, scorer = axis_at_depth(acts, names.index(model), depth)
+    anchors = acts[names.index(model)].anchors[layer].astype(np.float64)
+    centred = anchors - anchors.mean(0)
+    cos = centred @ scorer.vectors[0] / np.linalg.norm(centred, axis=1)
+    return replace(pack, vectors=scorer.vectors[:1].astype(np.float32), axis_layers=[layer],
+                   axis_anchor_mean=anchors.mean(0)[None].astype(np.float32),
+                   score_offset=np.array([cos.mean()], np.float32), score_scale=np.array([cos.std()], np.float32))
+
+
 @click.command()
 @click.option("--model", default="qwen2.5-0.5b", show_default=True)
 @click.option("--pack", "pack_dir", required=True)
@@ -106,8 +122,11 @@ def only_axis(pack: AxisPack, axis: str) -> AxisPack:
 @click.option("--refusal-only", is_flag=True,
               help="keep only the refusal axis, so the rules are judged at its own layer and steering starts in the "
                    "step that fires (a pack with deeper axes steers below its score layer one step late)")
+@click.option("--read-depth", type=float, default=None,
+              help="with --refusal-only: the refusal axis re-read at this relative depth (label-free, reconstructed "
+                   "from the other two zoo families as in scripts.refusal_length)")
 def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float, threshold: str, out: str,
-         refusal_only: bool) -> None:
+         refusal_only: bool, read_depth: float | None) -> None:
     threshold = threshold if threshold == "auto" else float(threshold)
     cat = load_catalogue(axes=["refusal"])
     pairs = cat.test["refusal"][:n]
@@ -117,6 +136,8 @@ def main(model: str, pack_dir: str, n: int, max_new_tokens: int, strength: float
     pack = AxisPack.load(pack_dir)
     if refusal_only:
         pack = only_axis(pack, "refusal")
+        if read_depth is not None:
+            pack = refusal_at_depth(pack, model, read_depth)
     packs = {"reconstructed": pack, "native": native_pack(pack, model)}
     conditions = {"none": None}
     for tag, p in packs.items():
