@@ -24,20 +24,18 @@ class ErrorHandler:
 
     def handle(self, stage: str, exc: BaseException, requests: Iterable[RequestState], on_error: str) -> None:
         """Count and log ``exc`` raised in ``stage``, then apply ``on_error`` (the policy's, read at each
-        error: a reloaded policy applies at once) to ``requests``. Never raises."""
-        try:
-            if self.metrics is not None:
-                self.metrics.inc_error(stage)
-            kind = (stage, type(exc).__name__)
-            if kind not in self._logged:
-                self._logged.add(kind)
-                log.warning("axisguard: %s error in stage %r (%s); the step's requests %s; further %s errors "
-                            "in this stage are counted, not logged", type(exc).__name__, stage, exc,
-                            "will stop (fail_closed)" if on_error == "fail_closed" else "continue unguarded",
-                            type(exc).__name__, exc_info=exc)
-            for req in requests:
-                req.errors += 1
-                if on_error == "fail_closed":
-                    req.stopped = req.error_stop = True
-        except Exception:  # pragma: no cover - the error path itself must never raise
-            pass
+        error: a reloaded policy applies at once) to ``requests``. The guard calls this inside its own
+        catch-all, so a failure here never reaches the engine."""
+        if self.metrics is not None:
+            self.metrics.inc_error(stage)
+        kind = (stage, type(exc).__name__)
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("axisguard: %s error in stage %r (%s); the step's requests %s; further %s errors "
+                        "in this stage are counted, not logged", type(exc).__name__, stage, exc,
+                        "will stop (fail_closed)" if on_error == "fail_closed" else "continue unguarded",
+                        type(exc).__name__, exc_info=exc)
+        for req in requests:
+            req.errors += 1
+            if on_error == "fail_closed":
+                req.stopped = req.error_stop = True

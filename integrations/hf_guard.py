@@ -164,7 +164,8 @@ class GuardedOutput:
         return list(self.verdict["actions"]) if self.verdict else []
 
 
-def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """Every id that ends a generation: the generation config's (one or several) and the tokenizer's."""
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -201,7 +202,7 @@ def guarded_generate(
     per_request = (list(overrides) if isinstance(overrides, Sequence) and not isinstance(overrides, str | bytes)
                    else [overrides] * len(prompts))
     encoded = encode_prompts(tokenizer, list(prompts), templated)
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad_id,

@@ -30,6 +30,7 @@ import numpy as np
 from guard.pack import AxisPack
 from guard.policy import Policy
 from guard.runtime import Guard
+from guard.scoring import AnchorZScorer
 from integrations.activation_collection import collect_activations
 from integrations.hf_guard import guarded_generate
 from integrations.hf_loading import load_model
@@ -69,20 +70,26 @@ def policy(threshold: float | str, strength: float, always: bool) -> Policy:
     return Policy.from_mapping({"version": 1, "name": "bench", "rules": rules})
 
 
+def with_refusal(pack: AxisPack, scorer: AnchorZScorer, layer: int, anchors: np.ndarray, method: str | None = None) -> AxisPack:
+    """The pack with its refusal axis replaced by ``scorer``'s (fitted on the target's ``anchors`` at ``layer``)."""
+    k = pack.axis_index("refusal")
+    assert pack.axis_anchor_mean is not None  # set by AxisPack.__post_init__
+    vectors, offset, scale = pack.vectors.copy(), pack.score_offset.copy(), pack.score_scale.copy()
+    layers, means = list(pack.layers_by_axis), pack.axis_anchor_mean.copy()
+    vectors[k], offset[k], scale[k] = scorer.vectors[0], scorer.offset_[0], scorer.scale_[0]
+    layers[k], means[k] = layer, anchors.mean(0)
+    return replace(pack, vectors=vectors, score_offset=offset, score_scale=scale, axis_layers=layers,
+                   axis_anchor_mean=means, method=method or pack.method)
+
+
 def native_pack(pack: AxisPack, model: str) -> AxisPack:
     """The same pack with the refusal vector replaced by Qwen's own diff-of-means (uses labels)."""
     cat = load_catalogue(axes=["refusal"])
-    k = pack.axis_index("refusal")
-    layer = pack.layers_by_axis[k]  # the refusal axis' own layer (per-axis packs)
+    layer = pack.layers_by_axis[pack.axis_index("refusal")]  # the refusal axis' own layer (per-axis packs)
     acts = collect_activations(model, cat, layers=[layer], splits=("calibration",))
-    v = native_direction(acts.pos["refusal"][layer], acts.neg["refusal"][layer]).astype(np.float32)
-    vectors = pack.vectors.copy()
-    vectors[k] = v
-    mean = acts.anchors[layer].mean(0)
-    cos = (acts.anchors[layer] - mean) @ v / np.linalg.norm(acts.anchors[layer] - mean, axis=1)
-    offset, scale = pack.score_offset.copy(), pack.score_scale.copy()
-    offset[k], scale[k] = cos.mean(), cos.std()
-    return replace(pack, vectors=vectors, score_offset=offset, score_scale=scale, method="native")
+    v = native_direction(acts.pos["refusal"][layer], acts.neg["refusal"][layer])
+    anchors = acts.anchors[layer].astype(np.float64)
+    return with_refusal(pack, AnchorZScorer(v[None]).fit(anchors), layer, anchors, method="native")
 
 
 def only_axis(pack: AxisPack, axis: str) -> AxisPack:
@@ -102,12 +109,7 @@ def refusal_at_depth(pack: AxisPack, model: str, depth: float) -> AxisPack:
     names = MODELS.split(",")
     acts = [collect_activations(m, load_catalogue(axes=["refusal"])) for m in names]
     layer, scorer = axis_at_depth(acts, names.index(model), depth)
-    anchors = acts[names.index(model)].anchors[layer].astype(np.float64)
-    centred = anchors - anchors.mean(0)
-    cos = centred @ scorer.vectors[0] / np.linalg.norm(centred, axis=1)
-    return replace(pack, vectors=scorer.vectors[:1].astype(np.float32), axis_layers=[layer],
-                   axis_anchor_mean=anchors.mean(0)[None].astype(np.float32),
-                   score_offset=np.array([cos.mean()], np.float32), score_scale=np.array([cos.std()], np.float32))
+    return with_refusal(pack, scorer, layer, acts[names.index(model)].anchors[layer].astype(np.float64))
 
 
 @click.command()

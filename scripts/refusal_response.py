@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from integrations.activation_collection import collect_activations
+from integrations.hf_guard import eos_token_ids
 from integrations.hf_loading import LoadedModel, encode_prompts, left_pad, load_model
 from probes.catalogue import load_catalogue
 from probes.external_data import SPLITS
@@ -52,9 +53,8 @@ def response_states(loaded: LoadedModel, prompts: list[str], layers: list[int], 
         return texts, [data[f"s{i}"] for i in range(len(prompts))]
     tok, model = loaded.tokenizer, loaded.model
     encoded = encode_prompts(tok, prompts, loaded.use_chat_template)
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos_ids = eos_token_ids(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
     texts, states = [], []
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(encoded[start:start + batch_size], pad)

@@ -44,25 +44,27 @@ from integrations.hf_loading import load_model
 from probes.activations import ModelActivations
 from probes.axis_layers import nearest_layer
 from probes.catalogue import load_catalogue
+from probes.directions import native_direction
 from probes.external_data import SPLITS
 from probes.operating_points import auroc
 from scripts.demo_serve import PROMPTS as DEMO_PROMPTS
 from scripts.external_validity import MODELS, external_activations, scored_sets
 from scripts.refusal_length import AXIS, DEPTHS, axis_at_depth
-from scripts.refusal_whitening import scored_cell
+from scripts.refusal_whitening import cell_columns, scored_cell
 
 READINGS = {"shipped 1/4": (0.25,), "1/2": (0.5,), "band 1/4-5/8": (0.25, 0.375, 0.5, 0.625)}
 
 
-def native_direction(model: ModelActivations, layer: int) -> np.ndarray:
-    return unit_rows((model.pos[AXIS][layer].mean(0) - model.neg[AXIS][layer].mean(0))[None])[0]
+def own_direction(model: ModelActivations, layer: int) -> np.ndarray:
+    """The model's own refusal direction at ``layer``: difference of means of its catalogue pairs."""
+    return native_direction(model.pos[AXIS][layer], model.neg[AXIS][layer])
 
 
 def _profile(model: ModelActivations, depth: float) -> np.ndarray:
     """Unit anchor-coordinate profile of ``model``'s native refusal direction at ``depth``."""
     layer = nearest_layer(model.layers, model.info.num_layers, depth)
     space = AnchorSpace().fit(model.anchors[layer].astype(np.float64))
-    return unit_rows(space.project_direction(native_direction(model, layer)[None]))[0]
+    return unit_rows(space.project_direction(own_direction(model, layer)[None]))[0]
 
 
 def anchor_weights(model: ModelActivations, depth: float, ridge: float = 0.1) -> np.ndarray:
@@ -72,7 +74,7 @@ def anchor_weights(model: ModelActivations, depth: float, ridge: float = 0.1) ->
     assert basis is not None  # fitted just above
     gram = basis @ basis.T
     lam = ridge * np.trace(gram) / len(gram)
-    return unit_rows(np.linalg.solve(gram + lam * np.eye(len(gram)), basis @ native_direction(model, layer))[None])[0]
+    return unit_rows(np.linalg.solve(gram + lam * np.eye(len(gram)), basis @ own_direction(model, layer))[None])[0]
 
 
 def _sets(model: str, split: str, layers: list[int]):
@@ -89,7 +91,7 @@ def transfer(acts: list[ModelActivations]) -> dict:
         for depth in DEPTHS:
             layer, lofo = axis_at_depth(acts, i, depth)
             anchors = target.anchors[layer].astype(np.float64)
-            native = native_direction(target, layer)
+            native = own_direction(target, layer)
             space = AnchorSpace().fit(anchors)
             weights = np.mean([anchor_weights(s, depth) for j, s in enumerate(acts) if j != i], 0)
             assert space.basis_ is not None
@@ -162,10 +164,7 @@ def readings_markdown(result: dict, split: str) -> str:
              "|---|---|---|---|---|---|"]
     for model, cells in result.items():
         for name, c in cells.items():
-            lines.append(f"| {model} | {name} ({', '.join(map(str, c['layers']))}) | {c['lookalike']:.3f} "
-                         f"({c['lookalike_matched']}) | {c['traffic']:.3f} ({c['traffic_matched']}) | "
-                         f"{c['flag_harmful']:.1%} / {c['flag_lookalike']:.1%} | "
-                         + " / ".join(f"{p:.0%}" for p in c["demo_percentile"].values()) + " |")
+            lines.append(f"| {model} | {name} ({', '.join(map(str, c['layers']))}) | " + " | ".join(cell_columns(c)) + " |")
     return "\n".join(lines) + "\n"
 
 

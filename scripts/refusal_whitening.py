@@ -89,6 +89,16 @@ def scored_cell(harm: np.ndarray, alike: np.ndarray, everyday: np.ndarray, demo:
     }
 
 
+def cell_columns(c: dict) -> list[str]:
+    """A ``scored_cell`` as markdown columns: vs look-alikes, vs everyday (length-matched, and the paired
+    interval when the cell has one), flags harmful / look-alike, demo percentiles."""
+    ci = {k: f" [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in c.get("delta_ci", {}).items()}
+    return [f"{c['lookalike']:.3f} ({c['lookalike_matched']}){ci.get('lookalike', '')}",
+            f"{c['traffic']:.3f} ({c['traffic_matched']}){ci.get('traffic', '')}",
+            f"{c['flag_harmful']:.1%} / {c['flag_lookalike']:.1%}",
+            " / ".join(f"{p:.0%}" for p in c["demo_percentile"].values())]
+
+
 def run(split: str, depths: list[float], ridges: list[float], models: str, sample: str = "everyday") -> dict:
     catalogue = load_catalogue()
     acts = [collect_activations(m, catalogue) for m in models.split(",")]
@@ -181,12 +191,9 @@ def markdown(result: dict) -> str:
         for row in rows:
             for variant, c in row.items():
                 if isinstance(c, dict):
-                    ci = {k: f" [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in c.get("delta_ci", {}).items()}
-                    lines.append(f"| {model} | {row['depth']:.3f} (L{row['layer']}) | {variant} | {c['lookalike']:.3f} "
-                                 f"({c['lookalike_matched']}){ci.get('lookalike', '')} | {c['traffic']:.3f} "
-                                 f"({c['traffic_matched']}){ci.get('traffic', '')} | "
-                                 f"{c['rho_length']:+.2f} | {c['flag_harmful']:.1%} / {c['flag_lookalike']:.1%} | "
-                                 + " / ".join(f"{p:.0%}" for p in c["demo_percentile"].values()) + " |")
+                    look, traffic, flags, demo = cell_columns(c)
+                    lines.append(f"| {model} | {row['depth']:.3f} (L{row['layer']}) | {variant} | {look} | {traffic} | "
+                                 f"{c['rho_length']:+.2f} | {flags} | {demo} |")
     return "\n".join(lines) + "\n"
 
 
